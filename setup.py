@@ -1,0 +1,55 @@
+"""Packaging for stop_fast.
+
+`kernels/` (the Triton kernels) ships inside the package as `stop_fast.kernels` and
+`bench/` (the benchmark engine) as `stop_fast.bench`; neither becomes a top-level module.
+"""
+from pathlib import Path
+
+from setuptools import setup
+
+HERE = Path(__file__).parent
+
+TEST = ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6"]
+PLOT = ["matplotlib>=3.7"]
+
+setup(
+    name="stop_fast",
+    version="0.1.0",
+    description="Triton-accelerated Sink-Token-aware Pruning (SToP) of video tokens for Video LLMs",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=[
+        "stop_fast",
+        "stop_fast.kernels",
+        "stop_fast.bench",
+        "stop_fast.pipelines",
+        "stop_fast.integrations",
+    ],
+    package_dir={
+        "stop_fast": "stop_fast",
+        "stop_fast.kernels": "kernels",
+        "stop_fast.bench": "bench",
+    },
+    install_requires=[
+        "torch>=2.4",
+        "triton>=3.2; platform_system == 'Linux'",
+        "transformers>=5.0",
+        "numpy",
+        "rich>=13",
+    ],
+    extras_require={
+        "test": TEST,
+        "flash": ["flash-attn>=2.6"],
+        "video": ["av>=12"],
+        "plot": PLOT,
+        "dev": TEST + PLOT + ["av>=12"],
+    },
+    entry_points={"console_scripts": ["stop-fast=stop_fast.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Operating System :: POSIX :: Linux",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

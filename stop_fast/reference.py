@@ -1,0 +1,180 @@
+"""Pure-PyTorch reference of the SToP algorithms (the contract in SPEC.md, written literally).
+
+Every function here materializes what it needs, may loop, and computes in float64, so it is
+the ground truth the fast paths (torch backend, Triton kernels, vectorized pipelines) are
+tested against. Nothing here is meant to be fast. Inputs are assumed valid: the public API in
+:mod:`stop_fast.api` checks them before dispatching here.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "column_mean_attention",
+    "sink_score",
+    "penalized_topk",
+    "gather_topk",
+    "adjacent_cosine",
+    "static_mask",
+    "segment_static_mask",
+    "holitom_segments",
+    "dpc_knn",
+]
+
+
+def column_mean_attention(q: torch.Tensor, k: torch.Tensor, scale: float | None = None,
+                          lse: torch.Tensor | None = None) -> torch.Tensor:
+    """SPEC §2: mean over heads and queries of softmax(q kᵀ · scale).
+
+    q (B, H, Nq, d), k (B, H, Nk, d), any float dtype, any strides. ``lse`` is accepted for
+    signature parity with the fast paths and ignored: the reference always recomputes the
+    softmax. Returns (B, Nk) float32.
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = torch.einsum("bhid,bhjd->bhij", q.double(), k.double()) * scale
+    probs = torch.softmax(scores, dim=-1)
+    return probs.mean(dim=(1, 2)).float()
+
+
+def sink_score(attn: torch.Tensor, gamma: float = 1.1, eps: float = 1e-12) -> torch.Tensor:
+    """SPEC §3 (paper Eq. 4): per-location sink score in [0, 1].
+
+    attn (T, N) non-negative. m = mean over frames, m^γ min-max normalized; constant m gives
+    zeros. Returns (N,) float32.
+    """
+    m = attn.double().mean(dim=0)
+    p = m.pow(gamma)
+    lo, hi = p.min(), p.max()
+    return ((p - lo) / (hi - lo + eps)).float()
+
+
+def _ranked(scores: torch.Tensor) -> torch.Tensor:
+    # Stable descending sort: equal scores keep ascending index order (ties to the lower index).
+    return torch.sort(scores, dim=-1, descending=True, stable=True).indices
+
+
+def penalized_topk(attn: torch.Tensor, sink: torch.Tensor, k: int, mu_s: float) -> torch.Tensor:
+    """SPEC §4 (paper Eq. 5): per frame, the k locations with the largest a − μ_s·s.
+
+    attn (T, N), sink (N,). Returns (T, k) int64, by descending penalized score, exact ties
+    toward the lower index.
+    """
+    scores = attn.double() - mu_s * sink.double()
+    return _ranked(scores)[:, :k].contiguous()
+
+
+def gather_topk(attn: torch.Tensor, sink: torch.Tensor, k: int, features: torch.Tensor,
+                mu_s: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """`penalized_topk` plus the selected feature rows.
+
+    features (T, N, D). Returns (indices (T, k) int64, tokens (T, k, D) in features' dtype),
+    tokens[t, j] = features[t, indices[t, j]].
+    """
+    idx = penalized_topk(attn, sink, k, mu_s)
+    tokens = torch.stack([features[t, idx[t]] for t in range(features.shape[0])])
+    return idx, tokens.contiguous()
+
+
+def adjacent_cosine(x: torch.Tensor) -> torch.Tensor:
+    """SPEC §5: c[t, i] = <x̂[t, i], x̂[t+1, i]> with x̂ = x / max(‖x‖₂, 1e-12).
+
+    x (T, N, D). A zero vector has cosine 0 with everything. Returns (T−1, N) float32.
+    """
+    xn = F.normalize(x.double(), dim=-1, eps=1e-12)
+    return (xn[:-1] * xn[1:]).sum(dim=-1).float()
+
+
+def static_mask(x: torch.Tensor, sink: torch.Tensor, tau: float, mu_t: float) -> torch.Tensor:
+    """SPEC §5 (paper Eq. 6): static[t, i] = c[t, i] + μ_t·s_i > τ. Returns (T−1, N) bool."""
+    c = adjacent_cosine(x).double()
+    return (c + mu_t * sink.double()) > tau
+
+
+def segment_static_mask(x: torch.Tensor, sink: torch.Tensor, bounds: torch.Tensor, tau: float,
+                        mu_t: float) -> torch.Tensor:
+    """SPEC §5, segment form: location i is static in [b, e] iff static[t, i] for t = b … e−1.
+
+    bounds (S, 2) int64 rows [b, e] with 0 <= b <= e < T. A length-1 segment (b == e) has
+    no static location. Returns (S, N) bool.
+    """
+    st = static_mask(x, sink, tau, mu_t)
+    out = torch.zeros(bounds.shape[0], x.shape[1], dtype=torch.bool)
+    for s, (b, e) in enumerate(bounds.tolist()):
+        if e > b:
+            out[s] = st[b:e].all(dim=0)
+    return out.to(x.device)
+
+
+def holitom_segments(cos: torch.Tensor, tau: float = 0.8, max_window: int | None = None,
+                     ) -> tuple[list[tuple[int, int]], int]:
+    """SPEC §6.1: HoliTom's temporal segmentation as a dynamic programme (Tango Eq. 2–3).
+
+    cos (T−1, N): adjacent-frame cosine similarity (raw, no sink term). A window of w frames
+    merged into one removes g(b, e) = (#locations static over it)·(e − b) tokens. Returns
+    (segments, total_reduced): segments are inclusive (start, end) frame pairs in order,
+    covering 0 … T−1.
+    """
+    T = cos.shape[0] + 1
+    W = T if max_window is None else max_window
+    above = (cos.double() > tau)
+    dp = [0] * T          # dp[e]: best reduction for frames 0 … e
+    start = [0] * T       # start of the last segment in the best split of 0 … e
+
+    def prev(e: int) -> int:
+        return 0 if e < 0 else dp[e]
+
+    for e in range(T):
+        best, best_start = prev(e - 1), e
+        for w in range(2, min(e + 1, W) + 1):
+            b = e - w + 1
+            stay = above[b:e].all(dim=0)
+            gain = int(stay.sum()) * (e - b)
+            cand = prev(b - 1) + gain
+            if cand > best:
+                best, best_start = cand, b
+        dp[e], start[e] = best, best_start
+    segments = []
+    e = T - 1
+    while e >= 0:
+        segments.append((start[e], e))
+        e = start[e] - 1
+    return segments[::-1], dp[T - 1]
+
+
+def dpc_knn(x: torch.Tensor, n_centers: int, k: int, penalty: torch.Tensor | None = None,
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """SPEC §8: density-peaks clustering with k nearest neighbours.
+
+    x (n, D). dist = cdist(x, x)/√D; ρ_i = exp(−mean of the k smallest dist_i², self
+    included); δ_i = min dist to any token of higher density (equal density: the lower index
+    counts as higher), or the largest distance overall if there is none. Centres are the
+    ``n_centers`` highest ρ·δ − penalty (ties to the lower index); every other token joins
+    its nearest centre (ties to the lower centre index), each centre joins itself.
+
+    Returns (centers (c,) int64 sorted ascending, assign (n,) int64 position in ``centers``).
+    """
+    n, D = x.shape
+    xd = x.double()
+    dist = torch.cdist(xd, xd) / math.sqrt(D)
+    knn = torch.sort(dist, dim=-1).values[:, :k]
+    rho = torch.exp(-(knn ** 2).mean(dim=-1))
+    dmax = dist.max()
+    delta = torch.empty(n, dtype=torch.float64)
+    for i in range(n):
+        higher = [j for j in range(n) if rho[j] > rho[i] or (rho[j] == rho[i] and j < i)]
+        delta[i] = dist[i, higher].min() if higher else dmax
+    score = rho * delta
+    if penalty is not None:
+        score = score - penalty.double()
+    centers = torch.sort(_ranked(score)[:n_centers]).values
+    assign = torch.empty(n, dtype=torch.int64)
+    for i in range(n):
+        assign[i] = int(torch.argmin(dist[i, centers]))
+    assign[centers] = torch.arange(len(centers))
+    return centers.to(x.device), assign.to(x.device)
+
+
+# ---- pipeline twins below (SPEC §6, §7): loop-based, literal ----
