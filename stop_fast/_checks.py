@@ -1,0 +1,84 @@
+"""Input validation shared by the public API.
+
+Every check raises before any kernel launch, with a message naming the argument, what it
+received and what was expected. Finiteness checks need one device→host sync per call; they
+can be switched off for production serving with :func:`set_finite_checks` (or the
+environment variable ``STOP_FAST_CHECK_FINITE=0``) and are skipped while torch.compile traces.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+_check_finite = os.environ.get("STOP_FAST_CHECK_FINITE", "1") not in ("0", "false", "False")
+
+
+def set_finite_checks(enabled: bool) -> None:
+    """Turn the NaN/Inf checks of inputs on or off (on by default; each costs one sync)."""
+    global _check_finite
+    _check_finite = bool(enabled)
+
+
+def finite_checks_enabled() -> bool:
+    return _check_finite
+
+
+def _compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
+
+
+def tensor(name: str, t, ndim: int, what: str, dtypes=FLOAT_DTYPES) -> torch.Tensor:
+    """Check that ``t`` is a tensor of rank ``ndim`` (described as ``what``) with an allowed dtype."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape {what}, got {type(t).__name__}")
+    if t.dim() != ndim:
+        raise ValueError(f"{name} must have shape {what} ({ndim} dims), got shape {tuple(t.shape)}")
+    if dtypes is not None and t.dtype not in dtypes:
+        allowed = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{name} must have dtype in ({allowed}), got {str(t.dtype).replace('torch.', '')}")
+    return t
+
+
+def nonempty(name: str, t: torch.Tensor, dims: tuple[int, ...], what: str) -> None:
+    for d in dims:
+        if t.shape[d] == 0:
+            raise ValueError(f"{name} must have a non-empty dim {d} in shape {what}, got shape {tuple(t.shape)}")
+
+
+def same_device(**tensors: torch.Tensor | None) -> None:
+    items = [(n, t) for n, t in tensors.items() if t is not None]
+    first_name, first = items[0]
+    for n, t in items[1:]:
+        if t.device != first.device:
+            raise ValueError(f"{n} is on {t.device} but {first_name} is on {first.device}; "
+                             "all inputs must be on the same device")
+
+
+def finite(name: str, t: torch.Tensor) -> None:
+    # One host sync: the only way to know. Off via set_finite_checks(False) or while compiling.
+    if _check_finite and not _compiling() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or Inf values; expected finite values")
+
+
+def number(name: str, v, *, positive: bool = False) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
+    v = float(v)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+    if positive and v <= 0:
+        raise ValueError(f"{name} must be > 0, got {v}")
+    return v
+
+
+def integer(name: str, v, lo: int, hi: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    if not lo <= v <= hi:
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {v}")
+    return v

@@ -1,0 +1,188 @@
+"""Public SToP primitives: validate, then hand over to the backend chosen by :mod:`dispatch`.
+
+Shapes follow SPEC.md: T frames, N locations (tokens per frame), D feature width, B
+batch (frames) and H heads for attention, d head dim.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _checks as C
+from .dispatch import get
+
+__all__ = [
+    "column_mean_attention",
+    "sink_score",
+    "penalized_topk",
+    "gather_topk",
+    "adjacent_cosine",
+    "static_mask",
+    "segment_static_mask",
+]
+
+LAYOUTS = ("bhnd", "bnhd")
+
+
+def column_mean_attention(q: torch.Tensor, k: torch.Tensor, *, scale: float | None = None,
+                          lse: torch.Tensor | None = None, layout: str = "bhnd",
+                          backend: str = "auto") -> torch.Tensor:
+    """Column-averaged attention (SPEC §2), without materializing the attention matrix.
+
+    Args:
+        q: queries, (B, H, Nq, d) for ``layout="bhnd"`` or (B, Nq, H, d) for ``"bnhd"`` (any
+            strides: the views a ViT's q/k projections produce are read without copies).
+        k: keys, same layout, (B, H, Nk, d) / (B, Nk, H, d).
+        scale: softmax scale; default d^-1/2.
+        lse: optional (B, H, Nq) natural-log log-sum-exp of each scaled score row, as
+            FlashAttention / SDPA return it; lets the kernel skip its first sweep.
+        layout: "bhnd" or "bnhd".
+        backend: "auto", "torch", "triton" or "reference".
+
+    Returns:
+        (B, Nk) float32: mean over heads and queries of softmax(q kᵀ·scale).
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    what = "(B, H, N, d)" if layout == "bhnd" else "(B, N, H, d)"
+    C.tensor("q", q, 4, what)
+    C.tensor("k", k, 4, what)
+    if layout == "bnhd":      # a stride permutation, not a copy
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+    B, H, Nq, d = q.shape
+    if k.shape[0] != B or k.shape[1] != H or k.shape[3] != d:
+        raise ValueError(f"k must match q in batch, heads and head dim: q is (B={B}, H={H}, d={d}) "
+                         f"in layout {layout}, got k with (B={k.shape[0]}, H={k.shape[1]}, d={k.shape[3]})")
+    if k.dtype != q.dtype:
+        raise TypeError(f"q and k must share a dtype, got q {q.dtype} and k {k.dtype}")
+    C.nonempty("q", q, (0, 1, 2, 3), what)
+    C.nonempty("k", k, (2,), what)
+    if d > 256:
+        raise ValueError(f"head dim must be at most 256, got d={d}")
+    C.same_device(q=q, k=k, lse=lse)
+    scale = d ** -0.5 if scale is None else C.number("scale", scale, positive=True)
+    if lse is not None:
+        C.tensor("lse", lse, 3, "(B, H, Nq)")
+        if tuple(lse.shape) != (B, H, Nq):
+            raise ValueError(f"lse must have shape (B, H, Nq) = {(B, H, Nq)}, got {tuple(lse.shape)}")
+        C.finite("lse", lse)
+    C.finite("q", q)
+    C.finite("k", k)
+    return get("column_mean_attention", backend, q.device)(q, k, scale, lse)
+
+
+def _attention(name: str, attn) -> torch.Tensor:
+    C.tensor(name, attn, 2, "(T, N)")
+    C.nonempty(name, attn, (0, 1), "(T, N)")
+    C.finite(name, attn)
+    return attn
+
+
+def _sink(sink, N: int, **others: torch.Tensor) -> torch.Tensor:
+    C.tensor("sink", sink, 1, "(N,)")
+    if sink.shape[0] != N:
+        raise ValueError(f"sink must have shape (N,) = ({N},) to match the per-frame locations, "
+                         f"got {tuple(sink.shape)}")
+    C.same_device(sink=sink, **others)
+    C.finite("sink", sink)
+    return sink
+
+
+def _features(name: str, x, min_frames: int = 1) -> torch.Tensor:
+    C.tensor(name, x, 3, "(T, N, D)")
+    C.nonempty(name, x, (1, 2), "(T, N, D)")
+    if x.shape[0] < min_frames:
+        raise ValueError(f"{name} must have at least {min_frames} frames in shape (T, N, D), "
+                         f"got shape {tuple(x.shape)}")
+    C.finite(name, x)
+    return x
+
+
+def sink_score(attn: torch.Tensor, *, gamma: float = 1.1, eps: float = 1e-12,
+               backend: str = "auto") -> torch.Tensor:
+    """Sink score per location (SPEC §3, paper Eq. 4).
+
+    attn (T, N) non-negative per-frame attention → (N,) float32 in [0, 1]: the frame-mean
+    raised to ``gamma`` and min–max normalized. Constant input gives zeros.
+    """
+    _attention("attn", attn)
+    gamma = C.number("gamma", gamma, positive=True)
+    eps = C.number("eps", eps, positive=True)
+    return get("sink_score", backend, attn.device)(attn, gamma, eps)
+
+
+def penalized_topk(attn: torch.Tensor, sink: torch.Tensor, k: int, *, mu_s: float,
+                   backend: str = "auto") -> torch.Tensor:
+    """STSP selection (SPEC §4, paper Eq. 5): per frame the k largest ``attn − mu_s·sink``.
+
+    attn (T, N), sink (N,) → (T, k) int64 location indices by descending penalized score,
+    exact ties to the lower index.
+    """
+    _attention("attn", attn)
+    T, N = attn.shape
+    _sink(sink, N, attn=attn)
+    k = C.integer("k", k, 1, N)
+    mu_s = C.number("mu_s", mu_s)
+    return get("penalized_topk", backend, attn.device)(attn, sink, k, mu_s)
+
+
+def gather_topk(attn: torch.Tensor, sink: torch.Tensor, k: int, features: torch.Tensor, *,
+                mu_s: float, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """`penalized_topk` fused with the gather of the selected feature rows.
+
+    features (T, N, D) → (indices (T, k) int64, tokens (T, k, D) in features' dtype).
+    """
+    _attention("attn", attn)
+    T, N = attn.shape
+    _features("features", features)
+    if tuple(features.shape[:2]) != (T, N):
+        raise ValueError(f"features must have shape (T, N, D) with (T, N) = {(T, N)} from attn, "
+                         f"got {tuple(features.shape)}")
+    _sink(sink, N, attn=attn, features=features)
+    k = C.integer("k", k, 1, N)
+    mu_s = C.number("mu_s", mu_s)
+    return get("gather_topk", backend, attn.device)(attn, sink, k, features, mu_s)
+
+
+def adjacent_cosine(x: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+    """Cosine similarity of each location with itself in the next frame (SPEC §5).
+
+    x (T, N, D), T ≥ 2 → (T−1, N) float32.
+    """
+    _features("x", x, min_frames=2)
+    return get("adjacent_cosine", backend, x.device)(x)
+
+
+def _threshold_args(x, sink, tau, mu_t):
+    _features("x", x, min_frames=2)
+    _sink(sink, x.shape[1], x=x)
+    return C.number("tau", tau), C.number("mu_t", mu_t)
+
+
+def static_mask(x: torch.Tensor, sink: torch.Tensor, *, tau: float, mu_t: float,
+                backend: str = "auto") -> torch.Tensor:
+    """STTP test (SPEC §5, paper Eq. 6): ``cos(x[t], x[t+1]) + mu_t·sink > tau``.
+
+    x (T, N, D), T ≥ 2, sink (N,) → (T−1, N) bool.
+    """
+    tau, mu_t = _threshold_args(x, sink, tau, mu_t)
+    return get("static_mask", backend, x.device)(x, sink, tau, mu_t)
+
+
+def segment_static_mask(x: torch.Tensor, sink: torch.Tensor, bounds: torch.Tensor, *, tau: float,
+                        mu_t: float, backend: str = "auto") -> torch.Tensor:
+    """Locations static over whole segments (SPEC §5): static at every step t = b … e−1.
+
+    bounds (S, 2) int64 inclusive frame ranges [b, e] with 0 ≤ b ≤ e < T → (S, N) bool;
+    a one-frame segment (b == e) has no static location.
+    """
+    tau, mu_t = _threshold_args(x, sink, tau, mu_t)
+    C.tensor("bounds", bounds, 2, "(S, 2)", dtypes=(torch.int64, torch.int32))
+    if bounds.shape[1] != 2:
+        raise ValueError(f"bounds must have shape (S, 2), got {tuple(bounds.shape)}")
+    C.same_device(x=x, bounds=bounds)
+    if C.finite_checks_enabled() and not C._compiling() and bounds.numel():
+        T = x.shape[0]  # one sync, like the finiteness checks
+        b, e = bounds[:, 0], bounds[:, 1]
+        if not bool(((b >= 0) & (b <= e) & (e < T)).all()):
+            raise ValueError(f"bounds rows must satisfy 0 <= b <= e < T = {T}, got {bounds.tolist()}")
+    return get("segment_static_mask", backend, x.device)(x, sink, bounds.long(), tau, mu_t)

@@ -1,0 +1,84 @@
+"""Vectorized PyTorch implementations of the SToP primitives (the "torch" backend).
+
+Used on CPU, on machines without Triton, and as the baseline of the kernels. fp16/bf16
+inputs are accumulated in fp32. Functions take already-validated inputs (see
+:mod:`stop_fast.api`); signatures mirror :mod:`stop_fast.reference`.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# Largest score block held at once by column_mean_attention, in fp32 elements (64 MiB).
+SCORE_BLOCK_ELEMS = 64 * 2**20 // 4
+
+
+def plan_chunks(B: int, H: int, Nq: int, Nk: int, budget: int = SCORE_BLOCK_ELEMS) -> tuple[int, int]:
+    """(batch rows, query rows) per block so one (b, H, q, Nk) fp32 score block fits ``budget``."""
+    per_batch_row = H * Nk
+    b = max(1, min(B, budget // max(1, per_batch_row)))
+    q = max(1, min(Nq, budget // max(1, b * per_batch_row)))
+    return b, q
+
+
+def column_mean_attention(q: torch.Tensor, k: torch.Tensor, scale: float,
+                          lse: torch.Tensor | None = None) -> torch.Tensor:
+    """Memory-bounded mean over heads and queries of softmax(q kᵀ·scale).
+
+    q (B, H, Nq, d), k (B, H, Nk, d) any strides; lse None or (B, H, Nq). Only one score block
+    of at most ``SCORE_BLOCK_ELEMS`` fp32 values (per :func:`plan_chunks`) lives at a time.
+    Returns (B, Nk) float32.
+    """
+    B, H, Nq, _ = q.shape
+    Nk = k.shape[2]
+    bc, qc = plan_chunks(B, H, Nq, Nk)
+    out = torch.empty(B, Nk, dtype=torch.float32, device=q.device)
+    for b0 in range(0, B, bc):
+        kf = k[b0:b0 + bc].float().transpose(-1, -2)        # (b, H, d, Nk)
+        acc = torch.zeros(kf.shape[0], H, Nk, dtype=torch.float32, device=q.device)
+        for q0 in range(0, Nq, qc):
+            s = torch.matmul(q[b0:b0 + bc, :, q0:q0 + qc].float(), kf).mul_(scale)
+            row = s.logsumexp(dim=-1) if lse is None else lse[b0:b0 + bc, :, q0:q0 + qc].float()
+            acc += s.sub_(row.unsqueeze(-1)).exp_().sum(dim=2)   # in place: one block alive
+        out[b0:b0 + bc] = acc.sum(dim=1) / (H * Nq)
+    return out
+
+
+def sink_score(attn: torch.Tensor, gamma: float, eps: float) -> torch.Tensor:
+    p = attn.float().mean(dim=0).pow(gamma)
+    lo, hi = p.amin(), p.amax()
+    return (p - lo) / (hi - lo + eps)
+
+
+def _ranked_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
+    # Stable descending sort makes exact ties go to the lower index, like the reference.
+    return torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k].contiguous()
+
+
+def penalized_topk(attn: torch.Tensor, sink: torch.Tensor, k: int, mu_s: float) -> torch.Tensor:
+    return _ranked_topk(attn.float() - mu_s * sink.float(), k)
+
+
+def gather_topk(attn: torch.Tensor, sink: torch.Tensor, k: int, features: torch.Tensor,
+                mu_s: float) -> tuple[torch.Tensor, torch.Tensor]:
+    idx = penalized_topk(attn, sink, k, mu_s)
+    tokens = torch.gather(features, 1, idx.unsqueeze(-1).expand(-1, -1, features.shape[-1]))
+    return idx, tokens.contiguous()
+
+
+def adjacent_cosine(x: torch.Tensor) -> torch.Tensor:
+    xn = F.normalize(x.float(), dim=-1, eps=1e-12)
+    return (xn[:-1] * xn[1:]).sum(dim=-1)
+
+
+def static_mask(x: torch.Tensor, sink: torch.Tensor, tau: float, mu_t: float) -> torch.Tensor:
+    return (adjacent_cosine(x) + mu_t * sink.float()) > tau
+
+
+def segment_static_mask(x: torch.Tensor, sink: torch.Tensor, bounds: torch.Tensor, tau: float,
+                        mu_t: float) -> torch.Tensor:
+    # Prefix counts of non-static steps: [b, e] is static at i iff no break in steps b … e−1.
+    breaks = (~static_mask(x, sink, tau, mu_t)).to(torch.int32)
+    csum = F.pad(breaks.cumsum(dim=0), (0, 0, 1, 0))          # (T, N), csum[t] = breaks before t
+    b, e = bounds[:, 0], bounds[:, 1]
+    return (csum[e] - csum[b] == 0) & (e > b).unsqueeze(-1)
