@@ -13,8 +13,10 @@ import torch.nn.functional as F
 SCORE_BLOCK_ELEMS = 64 * 2**20 // 4
 
 
-def plan_chunks(B: int, H: int, Nq: int, Nk: int, budget: int = SCORE_BLOCK_ELEMS) -> tuple[int, int]:
-    """(batch rows, query rows) per block so one (b, H, q, Nk) fp32 score block fits ``budget``."""
+def plan_chunks(B: int, H: int, Nq: int, Nk: int, budget: int | None = None) -> tuple[int, int]:
+    """(batch rows, query rows) per block so one (b, H, q, Nk) fp32 score block fits ``budget``
+    elements (default ``SCORE_BLOCK_ELEMS``)."""
+    budget = SCORE_BLOCK_ELEMS if budget is None else budget
     per_batch_row = H * Nk
     b = max(1, min(B, budget // max(1, per_batch_row)))
     q = max(1, min(Nq, budget // max(1, b * per_batch_row)))
@@ -45,9 +47,13 @@ def column_mean_attention(q: torch.Tensor, k: torch.Tensor, scale: float,
 
 
 def sink_score(attn: torch.Tensor, gamma: float, eps: float) -> torch.Tensor:
-    p = attn.float().mean(dim=0).pow(gamma)
+    m = attn.float().mean(dim=0)
+    # pow in fp64 on the (N,) means: vectorized and scalar fp32 pow can differ by an ulp, which
+    # ε = 1e-12 would blow up into a spurious 1 on constant input.
+    p = m.double().pow(gamma)
     lo, hi = p.amin(), p.amax()
-    return (p - lo) / (hi - lo + eps)
+    s = (p - lo) / (hi - lo + eps)
+    return torch.where(m.amax() == m.amin(), torch.zeros_like(s), s).float()
 
 
 def _ranked_topk(scores: torch.Tensor, k: int) -> torch.Tensor:

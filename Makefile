@@ -1,0 +1,35 @@
+# Set-up and entry points. Every target creates the local virtualenv on first use.
+#
+# torch is pinned so that a CPU-only machine with a local CPU wheel of that release installs it
+# in seconds, while a GPU machine gets the same release's CUDA build from the registry.
+# Override with e.g. `make test TORCH_SPEC="torch==2.6.0"` to match a local CUDA driver.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+# Triton runs through its interpreter where no NVIDIA GPU is visible.
+INTERPRET ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo 0 || echo 1)
+
+.PHONY: demo test bench bench-smoke clean
+
+$(VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[test,plot]"
+	touch $@
+
+demo: $(VENV)/.installed
+	TRITON_INTERPRET=0 $(VENV)/bin/stop-fast demo
+
+test: $(VENV)/.installed
+	TRITON_INTERPRET=$(INTERPRET) $(PY) -m pytest tests -q
+
+bench: $(VENV)/.installed
+	$(VENV)/bin/stop-fast bench --suite all
+
+bench-smoke: $(VENV)/.installed
+	TRITON_INTERPRET=$(INTERPRET) $(VENV)/bin/stop-fast bench --suite all --smoke
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

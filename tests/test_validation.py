@@ -1,0 +1,82 @@
+"""Bad input is rejected by the public API with a message naming the argument (SPEC-level checks)."""
+import math
+
+import pytest
+import torch
+
+import stop_fast as sf
+from stop_fast import dispatch
+
+A = torch.rand(4, 10)
+S = torch.rand(10)
+X = torch.randn(4, 10, 8)
+Q = torch.randn(1, 2, 10, 8)
+
+
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda: sf.column_mean_attention(Q[0], Q), ValueError, r"q must have shape \(B, H, N, d\) \(4 dims\), got shape \(2, 10, 8\)"),
+    (lambda: sf.column_mean_attention(Q, torch.randn(1, 3, 10, 8)), ValueError, r"k must match q .* H=2"),
+    (lambda: sf.column_mean_attention(Q, torch.randn(1, 2, 10, 4)), ValueError, r"k must match q .* d=4"),
+    (lambda: sf.column_mean_attention(Q, Q.half()), TypeError, "q and k must share a dtype"),
+    (lambda: sf.column_mean_attention(Q.long(), Q.long()), TypeError, "q must have dtype in"),
+    (lambda: sf.column_mean_attention([1.0], Q), TypeError, "q must be a torch.Tensor"),
+    (lambda: sf.column_mean_attention(Q, Q, layout="nhd"), ValueError, "layout must be one of"),
+    (lambda: sf.column_mean_attention(Q, Q, lse=torch.zeros(1, 2, 9)), ValueError, r"lse must have shape \(B, H, Nq\) = \(1, 2, 10\)"),
+    (lambda: sf.column_mean_attention(Q, Q, scale=-1.0), ValueError, "scale must be > 0"),
+    (lambda: sf.column_mean_attention(torch.randn(1, 1, 2, 300), torch.randn(1, 1, 2, 300)), ValueError, "head dim must be at most 256"),
+    (lambda: sf.column_mean_attention(Q, Q.to("meta")), ValueError, "k is on meta but q is on cpu"),
+    (lambda: sf.column_mean_attention(Q, Q, backend="cuda"), ValueError, "backend must be one of"),
+    (lambda: sf.sink_score(A[0]), ValueError, r"attn must have shape \(T, N\)"),
+    (lambda: sf.sink_score(A, gamma=0), ValueError, "gamma must be > 0"),
+    (lambda: sf.sink_score(A, gamma=float("nan")), ValueError, "gamma must be finite"),
+    (lambda: sf.sink_score(torch.rand(0, 10)), ValueError, "attn must have a non-empty dim 0"),
+    (lambda: sf.penalized_topk(A, S, 0, mu_s=0.03), ValueError, r"k must be in \[1, 10\], got 0"),
+    (lambda: sf.penalized_topk(A, S, 11, mu_s=0.03), ValueError, r"k must be in \[1, 10\], got 11"),
+    (lambda: sf.penalized_topk(A, S, 2.0, mu_s=0.03), TypeError, "k must be an int"),
+    (lambda: sf.penalized_topk(A, S[:9], 2, mu_s=0.03), ValueError, r"sink must have shape \(N,\) = \(10,\)"),
+    (lambda: sf.penalized_topk(A, S, 2, mu_s=math.inf), ValueError, "mu_s must be finite"),
+    (lambda: sf.penalized_topk(A, S.to("meta"), 2, mu_s=0.1), ValueError, "sink is on meta"),
+    (lambda: sf.gather_topk(A, S, 2, X[:, :9], mu_s=0.1), ValueError, r"features must have shape \(T, N, D\) with \(T, N\) = \(4, 10\)"),
+    (lambda: sf.adjacent_cosine(X[:1]), ValueError, "x must have at least 2 frames"),
+    (lambda: sf.adjacent_cosine(X[0]), ValueError, r"x must have shape \(T, N, D\)"),
+    (lambda: sf.static_mask(X, S, tau=float("nan"), mu_t=0.07), ValueError, "tau must be finite"),
+    (lambda: sf.static_mask(X, S, tau=0.8, mu_t="0.07"), TypeError, "mu_t must be a real number"),
+    (lambda: sf.static_mask(X, torch.rand(9), tau=0.8, mu_t=0.0), ValueError, r"sink must have shape \(N,\) = \(10,\)"),
+    (lambda: sf.segment_static_mask(X, S, torch.tensor([[0, 4]]), tau=0.8, mu_t=0.0), ValueError, "0 <= b <= e < T = 4"),
+    (lambda: sf.segment_static_mask(X, S, torch.tensor([[2, 1]]), tau=0.8, mu_t=0.0), ValueError, "0 <= b <= e < T = 4"),
+    (lambda: sf.segment_static_mask(X, S, torch.tensor([[0.0, 1.0]]), tau=0.8, mu_t=0.0), TypeError, "bounds must have dtype"),
+    (lambda: sf.segment_static_mask(X, S, torch.tensor([[0, 1, 2]]), tau=0.8, mu_t=0.0), ValueError, r"bounds must have shape \(S, 2\)"),
+])
+def test_rejects(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("call,name", [
+    (lambda v: sf.sink_score(A.clone().index_fill_(1, torch.tensor([3]), v)), "attn"),
+    (lambda v: sf.penalized_topk(A, S.clone().fill_(v), 2, mu_s=0.1), "sink"),
+    (lambda v: sf.adjacent_cosine(X.clone().fill_(v)), "x"),
+    (lambda v: sf.gather_topk(A, S, 2, X.clone().fill_(v), mu_s=0.1), "features"),
+    (lambda v: sf.column_mean_attention(Q.clone().fill_(v), Q), "q"),
+    (lambda v: sf.column_mean_attention(Q, Q, lse=torch.full((1, 2, 10), v)), "lse"),
+])
+def test_rejects_non_finite(call, name, bad):
+    with pytest.raises(ValueError, match=f"{name} contains NaN or Inf"):
+        call(bad)
+
+
+def test_finite_checks_can_be_disabled():
+    sf.set_finite_checks(False)
+    try:
+        out = sf.sink_score(torch.full((2, 3), float("nan")), backend="torch")
+        assert torch.isnan(out).all()
+    finally:
+        sf.set_finite_checks(True)
+
+
+def test_triton_backend_explains_why_unavailable(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="backend='triton' is unavailable: Triton kernels need a CUDA tensor"):
+        dispatch.resolve("triton", torch.device("cpu"))
+    assert dispatch.resolve("auto", torch.device("cpu")) == "torch"
