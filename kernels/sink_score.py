@@ -1,0 +1,77 @@
+"""Sink score per location (SPEC §3, paper Eq. 4) in one launch.
+
+    m_i = mean_t attn[t, i];  p_i = m_i^γ;  s_i = (p_i − min p) / (max p − min p + ε)
+
+Shapes and dtypes: attn (T, N) float32 / float16 / bfloat16, any strides, T ≥ 1, any N
+→ (N,) float32. A single program sweeps N in blocks twice (min/max, then normalize),
+recomputing the frame means instead of re-reading its own stores, so no intra-kernel
+memory ordering is needed. fp32 accumulation; constant input gives exact zeros.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from ._utils import INTERPRET, is_compiling
+
+BLOCK_T = 16
+BLOCK_N = 256
+
+
+@triton.jit
+def _powered_mean(attn, offs, T, N, s_t, s_n, gamma, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr):
+    acc = tl.zeros([BLOCK_N], tl.float32)
+    for t0 in range(0, T, BLOCK_T):
+        rows = t0 + tl.arange(0, BLOCK_T)
+        x = tl.load(attn + rows[:, None] * s_t + offs[None, :] * s_n,
+                    mask=(rows[:, None] < T) & (offs[None, :] < N), other=0.0)
+        acc += tl.sum(x.to(tl.float32), 0)
+    # m^γ as exp2(γ·log2 m), with 0^γ = 0 (γ > 0) and NaN for a negative mean, like torch.pow.
+    m = acc / T
+    p = tl.exp2(gamma * tl.log2(tl.where(m > 0, m, 1.0)))
+    return tl.where(m > 0, p, tl.where(m == 0, 0.0, float("nan")))
+
+
+@triton.jit
+def _sink_kernel(attn, out, T, N, s_t, s_n, gamma, eps,
+                 BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr):
+    lo = tl.full([BLOCK_N], float("inf"), tl.float32)
+    hi = tl.full([BLOCK_N], float("-inf"), tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        offs = n0 + tl.arange(0, BLOCK_N)
+        p = _powered_mean(attn, offs, T, N, s_t, s_n, gamma, BLOCK_T, BLOCK_N)
+        lo = tl.minimum(lo, tl.where(offs < N, p, float("inf")))
+        hi = tl.maximum(hi, tl.where(offs < N, p, float("-inf")))
+    lo_s = tl.min(lo, 0)
+    denom = tl.max(hi, 0) - lo_s + eps
+    for n0 in range(0, N, BLOCK_N):
+        offs = n0 + tl.arange(0, BLOCK_N)
+        p = _powered_mean(attn, offs, T, N, s_t, s_n, gamma, BLOCK_T, BLOCK_N)
+        tl.store(out + offs, (p - lo_s) / denom, mask=offs < N)
+
+
+def launch(attn: torch.Tensor, gamma: float, eps: float) -> torch.Tensor:
+    T, N = attn.shape
+    out = torch.empty(N, dtype=torch.float32, device=attn.device)
+    block_n = min(BLOCK_N, max(16, triton.next_power_of_2(N)))
+    block_t = min(BLOCK_T, max(2, triton.next_power_of_2(T)))
+    _sink_kernel[(1,)](attn, out, T, N, attn.stride(0), attn.stride(1), float(gamma), float(eps),
+                       BLOCK_T=block_t, BLOCK_N=block_n, num_warps=1 if INTERPRET else 4)
+    return out
+
+
+@torch.library.custom_op("stop_fast::sink_score", mutates_args=(),
+                         schema="(Tensor attn, float gamma, float eps) -> Tensor")
+def _op(attn, gamma, eps):
+    return launch(attn, gamma, eps)
+
+
+@_op.register_fake
+def _(attn, gamma, eps):
+    return attn.new_empty((attn.shape[1],), dtype=torch.float32)
+
+
+def sink_score(attn: torch.Tensor, gamma: float, eps: float) -> torch.Tensor:
+    """(N,) float32 sink score of attn (T, N); see the module docstring."""
+    if is_compiling():
+        return _op(attn, gamma, eps)
+    return launch(attn, gamma, eps)
