@@ -82,7 +82,7 @@ def make_video(num_frames: int = 16, grid: tuple[int, int] = (14, 14), dim: int 
     sinks = border[torch.randperm(border.numel(), generator=g)[:num_sinks]]
     sink_dir = randn(num_sinks, dim)
     feats[:, sinks] = 0.2 * _with_cosine(sink_dir.expand(T, -1, -1), randn(T, num_sinks, dim), sink_cosine)
-    weight[:, sinks] = 6.0
+    weight[:, sinks] = 9.0   # above the objects: sinks steal the budget of plain top-k
 
     # Objects: 2×2 patches bouncing inside the border; their tokens override the background.
     obj = torch.zeros(T, h, w, dtype=torch.bool)

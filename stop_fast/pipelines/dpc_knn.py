@@ -1,0 +1,152 @@
+"""DPC-KNN (SPEC §8), batched over independent token sets, distances in bounded blocks.
+
+Matches :func:`stop_fast.reference.dpc_knn` including its deterministic tie rules (equal
+density: the lower index counts as higher; equal centre scores and equal centre distances:
+the lower index wins). Computes in fp32 on the input's device. HoliTom clusters the static
+tokens of every segment at once as one padded batch; the pairwise distances of a batch are
+produced block by block (at most ``DIST_BLOCK_ELEMS`` fp32 values alive), so thousands of
+tokens per set do not need an n×n matrix in memory.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import _checks as C
+
+__all__ = ["dpc_knn", "dpc_knn_batched", "DIST_BLOCK_ELEMS"]
+
+# Largest block of pairwise squared distances held at once (fp32 elements, 64 MiB).
+DIST_BLOCK_ELEMS = 16 * 2**20
+
+
+def dpc_knn(x: torch.Tensor, n_centers: int, k: int, penalty: torch.Tensor | None = None,
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cluster the rows of ``x`` (n, D) into ``n_centers`` density peaks.
+
+    Density ρ uses the ``k`` nearest neighbours (self included); centre score ρ·δ − penalty.
+    Returns (centers (c,) int64 ascending, assign (n,) int64 index into ``centers``), exactly
+    like :func:`stop_fast.reference.dpc_knn`.
+    """
+    C.tensor("x", x, 2, "(n, D)")
+    C.nonempty("x", x, (0, 1), "(n, D)")
+    n = x.shape[0]
+    n_centers = C.integer("n_centers", n_centers, 1, n)
+    k = C.integer("k", k, 1, n)
+    if penalty is not None:
+        C.tensor("penalty", penalty, 1, "(n,)")
+        if penalty.shape[0] != n:
+            raise ValueError(f"penalty must have shape (n,) = ({n},), got {tuple(penalty.shape)}")
+        C.same_device(x=x, penalty=penalty)
+        penalty = penalty[None]
+    C.finite("x", x)
+    ints = torch.tensor([[n, n_centers, k]], device=x.device)
+    centers, assign = dpc_knn_batched(x[None], ints[:, 0], ints[:, 1], n_centers, ints[:, 2], k,
+                                      penalty)
+    return centers[0], assign[0]
+
+
+def _plan(B: int, n: int, budget: int) -> tuple[int, int]:
+    """(sets, rows) per distance block so that sets·rows·n <= budget (at least one row)."""
+    sets = max(1, min(B, budget // max(1, n * n)))
+    rows = max(1, min(n, budget // max(1, sets * n)))
+    return sets, rows
+
+
+def dpc_knn_batched(x: torch.Tensor, counts: torch.Tensor, n_centers: torch.Tensor,
+                    max_centers: int, k: torch.Tensor, max_k: int,
+                    penalty: torch.Tensor | None = None, block: int = DIST_BLOCK_ELEMS,
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """DPC-KNN of B padded token sets at once, without host synchronization.
+
+    x (B, n, D): set b is x[b, :counts[b]] (rows beyond are padding and ignored).
+    counts, n_centers, k: (B,) int64 on x's device with 1 <= k[b] <= n_centers[b] <= counts[b]
+    (or all three 0 for an unused set); ``max_centers``/``max_k`` are host ints bounding them.
+    penalty: None or (B, n). Returns (centers (B, max_centers) int64: the set's centres in
+    ascending order, then n as padding; assign (B, n) int64 index into the centre row, 0 on
+    padding rows).
+    """
+    B, n, D = x.shape
+    dev = x.device
+    col = torch.arange(n, device=dev)
+    valid = col < counts[:, None]                                     # (B, n)
+    xf = x.float()
+    # Centring each set on its mean leaves distances unchanged and makes the Gram form
+    # |a|² + |b|² − 2ab lose far fewer digits to cancellation.
+    mean = (xf * valid[..., None]).sum(1) / counts.clamp(min=1)[:, None].float()
+    xc = (xf - mean[:, None]) * valid[..., None]
+    sq = xc.square().sum(-1)                                           # (B, n)
+    inv_d = 1.0 / D
+    sets, rows = _plan(B, n, block)
+    blocks = [(b0, min(B, b0 + sets), r0, min(n, r0 + rows))
+              for b0 in range(0, B, sets) for r0 in range(0, n, rows)]
+
+    def d2_block(b0, b1, r0, r1):
+        # dist² = |xi − xj|² / D (SPEC §8: cdist / √D), self exactly 0, padding columns +inf.
+        g = torch.baddbmm(sq[b0:b1, r0:r1, None] + sq[b0:b1, None, :], xc[b0:b1, r0:r1],
+                          xc[b0:b1].transpose(1, 2), alpha=-2.0)
+        g = g.clamp_min_(0.0).mul_(inv_d)
+        r = torch.arange(r1 - r0, device=dev)
+        g[:, r, r + r0] = 0.0
+        return g.masked_fill_(~valid[b0:b1, None, :], math.inf)
+
+    # Pass 1: density from the k nearest (k varies per set: mask the first max_k) and the
+    # largest distance of each set.
+    cache = {}
+    rho = torch.empty(B, n, device=dev)
+    dmax2 = torch.zeros(B, device=dev)
+    kk = torch.arange(max_k, device=dev)
+    for b0, b1, r0, r1 in blocks:
+        g = d2_block(b0, b1, r0, r1)
+        if len(blocks) == 1:
+            cache["g"] = g
+        near = g.topk(max_k, dim=-1, largest=False).values            # ascending
+        use = kk < k[b0:b1, None, None]
+        mean_sq = torch.where(use, near, 0.0).sum(-1) / k[b0:b1, None].clamp(min=1).float()
+        rho[b0:b1, r0:r1] = torch.exp(-mean_sq)
+        finite = g.masked_fill(~valid[b0:b1, r0:r1, None] | torch.isinf(g), 0.0)
+        dmax2[b0:b1] = torch.maximum(dmax2[b0:b1], finite.amax(dim=(1, 2)))
+
+    # Pass 2: δ = distance to the nearest token of higher density (ties: lower index is higher).
+    delta = torch.empty(B, n, device=dev)
+    for b0, b1, r0, r1 in blocks:
+        g = cache["g"] if cache else d2_block(b0, b1, r0, r1)
+        ri, rj = rho[b0:b1, r0:r1, None], rho[b0:b1, None, :]
+        lower_idx = col[None, None, :] < torch.arange(r0, r1, device=dev)[None, :, None]
+        higher = (rj > ri) | ((rj == ri) & lower_idx)
+        near2 = g.masked_fill(~higher, math.inf).amin(-1)
+        delta[b0:b1, r0:r1] = torch.where(torch.isinf(near2), dmax2[b0:b1, None], near2).sqrt()
+    cache.clear()
+
+    score = rho * delta
+    if penalty is not None:
+        score = score - penalty.float()
+    score = score.masked_fill(~valid, -math.inf)
+    order = torch.sort(score, dim=1, descending=True, stable=True).indices[:, :max_centers]
+    ranks = torch.arange(max_centers, device=dev)
+    cvalid = ranks < n_centers[:, None]
+    centers = torch.where(cvalid, order, n).sort(dim=1).values          # ascending, n = padding
+    return centers, _assign(xc, sq, centers, cvalid, inv_d, sets, rows)
+
+
+def _assign(xc, sq, centers, cvalid, inv_d, sets, rows):
+    """Nearest centre of every token (ties: lower centre); each centre joins itself."""
+    B, n, _ = xc.shape
+    c = centers.shape[1]
+    cidx = centers.clamp(max=n - 1)
+    xcen = xc.gather(1, cidx[..., None].expand(-1, -1, xc.shape[2]))
+    sqc = sq.gather(1, cidx)
+    assign = torch.empty(B, n + 1, dtype=torch.int64, device=xc.device)
+    for b0 in range(0, B, sets):
+        b1 = min(B, b0 + sets)
+        for r0 in range(0, n, rows):
+            r1 = min(n, r0 + rows)
+            d2 = torch.baddbmm(sq[b0:b1, r0:r1, None] + sqc[b0:b1, None, :], xc[b0:b1, r0:r1],
+                               xcen[b0:b1].transpose(1, 2), alpha=-2.0)
+            d2 = d2.clamp_min_(0.0).mul_(inv_d).masked_fill_(~cvalid[b0:b1, None, :], math.inf)
+            assign[b0:b1, r0:r1] = d2.argmin(-1)
+    # Padding centres (index n) all write the spare last column, which is dropped.
+    own = torch.arange(c, device=xc.device).expand(B, c)
+    assign.scatter_(1, centers, own)
+    return assign[:, :n]
