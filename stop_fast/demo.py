@@ -41,7 +41,7 @@ def usable_backends(device: torch.device) -> tuple[list[str], str | None]:
 
 def run_demo(frames: int = 16, grid: tuple[int, int] = (14, 14), dim: int = 256,
              retention: float = 0.10, device: str | None = None, backends: list[str] | None = None,
-             seed: int = 0, console: Console | None = None) -> int:
+             seed: int = 0, vit_tokens: int = 729, console: Console | None = None) -> int:
     console = console or Console()
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     available, why_not = usable_backends(dev)
@@ -73,9 +73,9 @@ def run_demo(frames: int = 16, grid: tuple[int, int] = (14, 14), dim: int = 256,
     # Score extraction: column-averaged attention from ViT-like q/k (SPEC §2), never materialized
     # by the torch and triton backends.
     g = torch.Generator().manual_seed(seed)
-    q = torch.randn(T, 729, 4, 72, generator=g).to(dev)   # (B, N, H, d) like a ViT projection
-    kk = torch.randn(T, 729, 4, 72, generator=g).to(dev)
-    scores = Table(title=f"column_mean_attention, B={T} frames, H=4, N=729, d=72 (layout bnhd)")
+    q = torch.randn(T, vit_tokens, 4, 72, generator=g).to(dev)   # (B, N, H, d) like a ViT projection
+    kk = torch.randn(T, vit_tokens, 4, 72, generator=g).to(dev)
+    scores = Table(title=f"column_mean_attention, B={T} frames, H=4, N={vit_tokens}, d=72 (layout bnhd)")
     scores.add_column("backend")
     scores.add_column("ms / call", justify="right")
     scores.add_column("max |Δ| vs reference", justify="right")
@@ -85,4 +85,21 @@ def run_demo(frames: int = 16, grid: tuple[int, int] = (14, 14), dim: int = 256,
         ms = _median_ms(lambda: sf.column_mean_attention(q, kk, layout="bnhd", backend=backend), dev, 3)
         scores.add_row(backend, f"{ms:.2f}", f"{(out - ref).abs().max().item():.2e}")
     console.print(scores)
+
+    # The two host methods of the paper's ablation, each with and without SToP (SPEC §6, §7).
+    pipes = Table(title=f"Pipelines at {retention:.0%} retention (backend auto)")
+    for col in ("method", "SToP", "tokens kept", "planted-sink kept", "object kept", "ms / video"):
+        pipes.add_column(col, justify="left" if col in ("method", "SToP") else "right")
+    for method in ("visionzip", "holitom"):
+        for use_stop in (False, True):
+            def run():
+                return sf.prune(video.features, video.attention, method=method, retention_ratio=retention,
+                                use_stop=use_stop, metric=video.metric if method == "visionzip" else None)
+            out = run()
+            ms = _median_ms(run, dev, 3)
+            t, loc = out.positions[:, 0], out.positions[:, 1]
+            pipes.add_row(method, "yes" if use_stop else "no", str(out.tokens.shape[0]),
+                          str(int(video.sink_mask[t, loc].sum())),
+                          str(int(video.object_mask[t, loc].sum())), f"{ms:.2f}")
+    console.print(pipes)
     return 0

@@ -72,3 +72,9 @@ def get(op: str, backend: str, device: torch.device):
     if fn is None:
         raise RuntimeError(f"backend={name!r} has no implementation of {op!r}")
     return fn
+
+
+# Import the kernels up front where they can run, so that the first call inside torch.compile
+# does not trace an import (the import itself is lazy elsewhere: importing triton is not free).
+if torch.cuda.is_available() or _interpreting():
+    _load_kernels()
