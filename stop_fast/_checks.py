@@ -59,10 +59,24 @@ def same_device(**tensors: torch.Tensor | None) -> None:
                              "all inputs must be on the same device")
 
 
-def finite(name: str, t: torch.Tensor) -> None:
-    # One host sync: the only way to know. Off via set_finite_checks(False) or while compiling.
-    if _check_finite and not _compiling() and not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} contains NaN or Inf values; expected finite values")
+def finite(**tensors: torch.Tensor | None) -> dict[str, tuple[float, float]] | None:
+    """Raise if any named tensor holds NaN/Inf; return each one's (min, max), or None if skipped.
+
+    One device→host sync for all of them (the only way to know). aminmax is a single read pass
+    without a full-size temporary: NaN propagates to both ends and ±Inf shows at one. Skipped
+    when checks are off (:func:`set_finite_checks`) or while torch.compile traces.
+    """
+    named = [(n, t) for n, t in tensors.items() if t is not None]
+    if not _check_finite or _compiling() or not named:
+        return None
+    ends = torch.stack([v.float() for _, t in named for v in torch.aminmax(t)]).tolist()
+    out = {}
+    for i, (name, _) in enumerate(named):
+        lo, hi = ends[2 * i], ends[2 * i + 1]
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(f"{name} contains NaN or Inf values; expected finite values")
+        out[name] = (lo, hi)
+    return out
 
 
 def number(name: str, v, *, positive: bool = False) -> float:

@@ -64,16 +64,13 @@ def column_mean_attention(q: torch.Tensor, k: torch.Tensor, *, scale: float | No
         C.tensor("lse", lse, 3, "(B, H, Nq)")
         if tuple(lse.shape) != (B, H, Nq):
             raise ValueError(f"lse must have shape (B, H, Nq) = {(B, H, Nq)}, got {tuple(lse.shape)}")
-        C.finite("lse", lse)
-    C.finite("q", q)
-    C.finite("k", k)
+    C.finite(q=q, k=k, lse=lse)
     return get("column_mean_attention", backend, q.device)(q, k, scale, lse)
 
 
 def _attention(name: str, attn) -> torch.Tensor:
     C.tensor(name, attn, 2, "(T, N)")
     C.nonempty(name, attn, (0, 1), "(T, N)")
-    C.finite(name, attn)
     return attn
 
 
@@ -83,7 +80,6 @@ def _sink(sink, N: int, **others: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"sink must have shape (N,) = ({N},) to match the per-frame locations, "
                          f"got {tuple(sink.shape)}")
     C.same_device(sink=sink, **others)
-    C.finite("sink", sink)
     return sink
 
 
@@ -93,7 +89,6 @@ def _features(name: str, x, min_frames: int = 1) -> torch.Tensor:
     if x.shape[0] < min_frames:
         raise ValueError(f"{name} must have at least {min_frames} frames in shape (T, N, D), "
                          f"got shape {tuple(x.shape)}")
-    C.finite(name, x)
     return x
 
 
@@ -107,6 +102,7 @@ def sink_score(attn: torch.Tensor, *, gamma: float = 1.1, eps: float = 1e-12,
     _attention("attn", attn)
     gamma = C.number("gamma", gamma, positive=True)
     eps = C.number("eps", eps, positive=True)
+    C.finite(attn=attn)
     return get("sink_score", backend, attn.device)(attn, gamma, eps)
 
 
@@ -122,6 +118,7 @@ def penalized_topk(attn: torch.Tensor, sink: torch.Tensor, k: int, *, mu_s: floa
     _sink(sink, N, attn=attn)
     k = C.integer("k", k, 1, N)
     mu_s = C.number("mu_s", mu_s)
+    C.finite(attn=attn, sink=sink)
     return get("penalized_topk", backend, attn.device)(attn, sink, k, mu_s)
 
 
@@ -140,6 +137,7 @@ def gather_topk(attn: torch.Tensor, sink: torch.Tensor, k: int, features: torch.
     _sink(sink, N, attn=attn, features=features)
     k = C.integer("k", k, 1, N)
     mu_s = C.number("mu_s", mu_s)
+    C.finite(attn=attn, sink=sink, features=features)
     return get("gather_topk", backend, attn.device)(attn, sink, k, features, mu_s)
 
 
@@ -149,13 +147,16 @@ def adjacent_cosine(x: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
     x (T, N, D), T ≥ 2 → (T−1, N) float32.
     """
     _features("x", x, min_frames=2)
+    C.finite(x=x)
     return get("adjacent_cosine", backend, x.device)(x)
 
 
 def _threshold_args(x, sink, tau, mu_t):
     _features("x", x, min_frames=2)
     _sink(sink, x.shape[1], x=x)
-    return C.number("tau", tau), C.number("mu_t", mu_t)
+    tau, mu_t = C.number("tau", tau), C.number("mu_t", mu_t)
+    C.finite(x=x, sink=sink)
+    return tau, mu_t
 
 
 def static_mask(x: torch.Tensor, sink: torch.Tensor, *, tau: float, mu_t: float,

@@ -157,25 +157,12 @@ def check_inputs(cfg: Config, features, attention, metric) -> tuple[int, int, in
             raise ValueError(f"metric must have shape (T, N, Dk) with (T, N) = {(T, N)} from "
                              f"features, got {tuple(metric.shape)}")
     C.same_device(features=features, attention=attention, metric=metric)
-    if C.finite_checks_enabled() and not C._compiling():
-        _check_values(features, attention, metric if cfg.method == "visionzip" else None)
-    return T, N, D
-
-
-def _check_values(features, attention, metric) -> None:
-    # One device→host sync for all value checks. aminmax is one read pass without a temporary
-    # (NaN propagates to both ends, ±Inf shows at one), far cheaper than isfinite().all().
-    named = [("features", features), ("attention", attention)]
-    if metric is not None:
-        named.append(("metric", metric))
-    ends = torch.stack([v.float() for _, t in named for v in torch.aminmax(t)]).cpu().tolist()
-    for i, (name, _) in enumerate(named):
-        lo, hi = ends[2 * i], ends[2 * i + 1]
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            raise ValueError(f"{name} contains NaN or Inf values; expected finite values")
-    if ends[2] < 0:
+    ends = C.finite(features=features, attention=attention,
+                    metric=metric if cfg.method == "visionzip" else None)
+    if ends is not None and ends["attention"][0] < 0:
         raise ValueError(f"attention must be non-negative (a per-frame score such as column-mean "
-                         f"attention), got a minimum of {ends[2]:.4g}")
+                         f"attention), got a minimum of {ends['attention'][0]:.4g}")
+    return T, N, D
 
 
 def visionzip_budget(N: int, r: float) -> tuple[int, int]:

@@ -40,7 +40,7 @@ def dpc_knn(x: torch.Tensor, n_centers: int, k: int, penalty: torch.Tensor | Non
             raise ValueError(f"penalty must have shape (n,) = ({n},), got {tuple(penalty.shape)}")
         C.same_device(x=x, penalty=penalty)
         penalty = penalty[None]
-    C.finite("x", x)
+    C.finite(x=x, penalty=penalty)
     ints = torch.tensor([[n, n_centers, k]], device=x.device)
     centers, assign = dpc_knn_batched(x[None], ints[:, 0], ints[:, 1], n_centers, ints[:, 2], k,
                                       penalty)
