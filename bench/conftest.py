@@ -1,0 +1,38 @@
+"""pytest-benchmark set-up for ``pytest bench/ --benchmark-only``.
+
+Full shapes on CUDA, the smoke shapes on CPU (the full ones would take minutes there).
+Without ``--benchmark-only`` (e.g. a bare ``pytest`` from the repository root) the benchmarks
+are skipped, so they never slow down the test suite in ``tests/``.
+"""
+import pytest
+import torch
+
+from stop_fast.bench.fixtures import DEVICE
+
+pytest.importorskip("pytest_benchmark")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("benchmark_only", default=False):
+        return
+    skip = pytest.mark.skip(reason="benchmarks run with `pytest bench/ --benchmark-only`")
+    for item in items:
+        if "benchmark" in getattr(item, "fixturenames", ()):
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    return DEVICE
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_finite_checks():
+    """Time the ops, not the input validation syncs (as the CLI does)."""
+    import stop_fast
+
+    before = stop_fast._checks.finite_checks_enabled()
+    stop_fast.set_finite_checks(False)
+    yield
+    stop_fast.set_finite_checks(before)
+
