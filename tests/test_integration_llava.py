@@ -15,8 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from transformers import (CLIPVisionConfig, LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
-                          Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2Config, Qwen2ForCausalLM,
-                          SiglipVisionConfig)
+                          Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig)
 
 from stop_fast import pipelines
 from stop_fast.integrations.transformers import apply_stop, remove_stop
@@ -306,12 +305,6 @@ def test_errors(model, device):
     for bad in (tiny_lm, torch.nn.Linear(2, 2)):
         with pytest.raises(TypeError, match="LlavaOnevisionForConditionalGeneration"):
             apply_stop(bad)
-    qwen_vl = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
-        vision_config=dict(depth=1, hidden_size=16, out_hidden_size=32, num_heads=2, intermediate_size=32),
-        text_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                         vocab_size=64, intermediate_size=64, bos_token_id=None, eos_token_id=None)))
-    with pytest.raises(TypeError, match="Qwen2.5-VL is not supported yet"):
-        apply_stop(qwen_vl)
     for r in (0, -0.1, 1.5, float("nan")):
         with pytest.raises(ValueError, match="retention_ratio"):
             apply_stop(model, retention_ratio=r)

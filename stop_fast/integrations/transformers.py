@@ -1,7 +1,8 @@
 """Drop-in SToP for Hugging Face video LLMs: ``apply_stop(model)`` / ``remove_stop(model)``.
 
 Supported: ``LlavaOnevisionForConditionalGeneration`` (LLaVA-OneVision and LLaVA-Video
-checkpoints in HF format). Three instance attributes are patched, nothing in the classes:
+checkpoints in HF format) and ``Qwen2_5_VLForConditionalGeneration`` (VisionZip only; see
+:mod:`._qwen`). For LLaVA-OneVision three instance attributes are patched, nothing in the classes:
 
 * ``model.model.get_video_features`` runs the original (vision tower with its configured
   attention kernel, projector, the model's own 2×2 pooling) while hooks keep the q/k
@@ -29,7 +30,7 @@ from ._sequence import VideoPlan, fit_prompt
 
 __all__ = ["apply_stop", "remove_stop", "SUPPORTED_MODELS"]
 
-SUPPORTED_MODELS = ("LlavaOnevisionForConditionalGeneration",)
+SUPPORTED_MODELS = ("LlavaOnevisionForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration")
 _STATE = "_stop_state"
 _NEEDS_METRIC = frozenset({"visionzip"})  # methods whose contextual merging uses ViT keys
 
@@ -62,16 +63,16 @@ _MISSING = object()
 
 
 def _supported_classes():
-    from transformers import LlavaOnevisionForConditionalGeneration
-    return (LlavaOnevisionForConditionalGeneration,)
+    from transformers import LlavaOnevisionForConditionalGeneration, Qwen2_5_VLForConditionalGeneration
+    return (LlavaOnevisionForConditionalGeneration, Qwen2_5_VLForConditionalGeneration)
 
 
-def _check_model(model) -> None:
-    if isinstance(model, _supported_classes()):
-        return
-    name = type(model).__name__
-    hint = " (Qwen2.5-VL is not supported yet)" if name.startswith("Qwen2_5_VL") else ""
-    raise TypeError(f"apply_stop supports {', '.join(SUPPORTED_MODELS)}; got a {name}{hint}")
+def _check_model(model) -> bool:
+    """Raise TypeError for unsupported models; True for Qwen2.5-VL, False for LLaVA-OneVision."""
+    llava, qwen = _supported_classes()
+    if isinstance(model, (llava, qwen)):
+        return isinstance(model, qwen)
+    raise TypeError(f"apply_stop supports {', '.join(SUPPORTED_MODELS)}; got a {type(model).__name__}")
 
 
 def _check_options(state: "_State", inner) -> None:
@@ -96,23 +97,31 @@ def apply_stop(model, method: str = "holitom", retention_ratio: float = 0.1, use
     """Patch ``model`` in place so every video it sees is pruned with SToP; returns ``model``.
 
     Args:
-        model: a ``LlavaOnevisionForConditionalGeneration``.
+        model: a ``LlavaOnevisionForConditionalGeneration`` or a
+            ``Qwen2_5_VLForConditionalGeneration`` (method "visionzip" only; μ_s defaults to 3.7).
         method: pruning method of :func:`stop_fast.prune` ("holitom", "visionzip", …).
-        retention_ratio: fraction of video tokens kept, in (0, 1].
+        retention_ratio: fraction of video tokens kept, in (0, 1] (Qwen2.5-VL: of its merged tokens).
         use_stop: add the sink-token terms (False runs the host method alone).
         **options: passed to :func:`stop_fast.prune` (e.g. ``mu_s``, ``tau``).
 
     Calling it again replaces the previous settings. Undo with :func:`remove_stop`.
     """
-    _check_model(model)
+    qwen = _check_model(model)
     state = _State(method, retention_ratio, use_stop, dict(options))
     inner = model.model
-    _check_options(state, inner)
+    if qwen:
+        from . import _qwen
+        _qwen.check_options(state)
+    else:
+        _check_options(state, inner)
     if hasattr(model, _STATE):
         remove_stop(model)
-    _patch(state, inner, "get_video_features", _video_features_fn(state, inner))
-    _patch(state, model, "forward", _forward_fn(state, model))
-    _patch(state, model, "generate", _generate_fn(state, model))
+    if qwen:
+        _qwen.patch(state, model)
+    else:
+        _patch(state, inner, "get_video_features", _video_features_fn(state, inner))
+        _patch(state, model, "forward", _forward_fn(state, model))
+        _patch(state, model, "generate", _generate_fn(state, model))
     setattr(model, _STATE, state)
     return model
 

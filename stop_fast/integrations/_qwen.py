@@ -1,0 +1,264 @@
+"""apply_stop for ``Qwen2_5_VLForConditionalGeneration``: VisionZip + SToP on the merged tokens.
+
+Four instance attributes are patched, nothing in the classes:
+
+* ``model.model.get_video_features`` runs the tower as configured while hooks keep the last
+  full-attention block's q/k (:mod:`._qwen_vision`), scores each temporal patch group, prunes
+  each video's (T', N') merged tokens with :func:`stop_fast.prune` and returns the kept tokens;
+* ``model.forward`` / ``model.generate`` cut each video's placeholder run to its kept count;
+* ``model.model.get_rope_index``, asked about the shrunken prompt of the current call, answers
+  with the M-RoPE ids its tokens had in the unpruned prompt (computed by the original
+  ``get_rope_index`` on that prompt): a kept video token keeps the (t, h, w) of the merged token
+  it came from, text after a video keeps its position, and decoding continues after the
+  unpruned prompt. Every other call goes to the original.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+from dataclasses import dataclass
+
+import torch
+
+from .. import pipelines
+from ..pipelines.common import make_config
+from ._qwen_vision import QKVCapture, merged_scores, scored_attention, window_reverse
+from ._sequence import VideoPlan, check_count, compact, keep_mask, slots, source_columns
+from .transformers import _NEEDS_METRIC, _bind, _patch, _prompt_kwargs, _restore_prompt, _State
+
+QWEN_MU_S = 3.7        # SPEC §4: μ_s of VisionZip + SToP with Qwen2.5-VL
+_POS_FILL = 1          # position id written at new padding (masked out anyway)
+
+
+def check_options(state: _State) -> None:
+    """Validate the settings for Qwen2.5-VL and fill in its μ_s default."""
+    if "metric" in state.options:
+        raise TypeError("metric must not be passed to apply_stop: it is computed from the vision tower")
+    make_config(state.method, state.retention_ratio, state.use_stop, **state.options)
+    if state.method != "visionzip":
+        raise ValueError(f"method={state.method!r} is not supported for Qwen2.5-VL, only 'visionzip' is "
+                         "(the SToP settings published for this backbone are VisionZip's)")
+    if state.use_stop and state.options.get("mu_s") is None:
+        state.options["mu_s"] = QWEN_MU_S
+
+
+def patch(state: _State, model) -> None:
+    q = _Qwen(state, model)
+    inner = model.model
+    _patch(state, inner, "get_video_features", _wrap(inner.get_video_features, q.video_features))
+    _patch(state, inner, "get_rope_index", _wrap(inner.get_rope_index, q.rope_index))
+    _patch(state, model, "forward", _wrap(model.forward, q.forward))
+    _patch(state, model, "generate", _wrap(model.generate, q.generate))
+
+
+def _wrap(original, impl):
+    @functools.wraps(original)
+    def wrapper(*args, **kwargs):
+        return impl(*args, **kwargs)
+    return wrapper
+
+
+@dataclass
+class _Rope:
+    """M-RoPE ids of one shrunken prompt: (3, B, L') ids, (B, 1) deltas for decoding."""
+
+    ids: torch.Tensor
+    positions: torch.Tensor
+    deltas: torch.Tensor
+
+    def lookup(self, ids):
+        """(positions, deltas) for ``ids`` when they are this prompt (maybe repeated per row for
+        beams, maybe followed by generated tokens, which continue the last position); else None."""
+        B, L = self.ids.shape
+        if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[0] % B or ids.shape[1] < L:
+            return None
+        k = ids.shape[0] // B
+        ref = self.ids.repeat_interleave(k, 0) if k > 1 else self.ids
+        if not torch.equal(ids[:, :L], ref.to(ids.device)):   # one sync per prefill
+            return None
+        pos = self.positions.repeat_interleave(k, 1) if k > 1 else self.positions
+        extra = ids.shape[1] - L
+        if extra:
+            step = torch.arange(1, extra + 1, device=pos.device, dtype=pos.dtype)
+            pos = torch.cat((pos, pos[..., -1:] + step), dim=-1)
+        return pos.to(ids.device), (self.deltas.repeat_interleave(k, 0) if k > 1 else self.deltas)
+
+
+class _Qwen:
+    def __init__(self, state: _State, model):
+        self.state, self.model, self.inner = state, model, model.model
+        self.orig_features = self.inner.get_video_features
+        self.orig_rope = self.inner.get_rope_index
+        self.orig_forward = model.forward
+        self.orig_generate = model.generate
+        self.rope_params = inspect.signature(self.orig_rope).parameters
+
+    # ------------------------------------------------------------------ vision side
+
+    def video_features(self, *args, **kwargs):
+        kw = _bind(self.orig_features, args, kwargs)
+        pixels, grid = kw.get("pixel_values_videos"), kw.get("video_grid_thw")
+        if pixels is None or grid is None:
+            raise ValueError("pruning Qwen2.5-VL videos needs pixel_values_videos and video_grid_thw, got "
+                             f"{'no pixel_values_videos' if pixels is None else 'no video_grid_thw'}")
+        want_tuple = kw.pop("return_dict", True) is False
+        cache = self.state.cache
+        key = ("qwen_video", id(pixels), id(grid))
+        hit = cache.get(key) if cache is not None else None
+        if hit is not None and hit[0] is pixels and hit[1] is grid:
+            out = hit[2]
+        else:
+            out = self._pruned_features(kw, grid)
+            if cache is not None:
+                cache[key] = (pixels, grid, out)
+        return out.to_tuple() if want_tuple else out
+
+    def _pruned_features(self, kw, grid):
+        state, visual = self.state, self.inner.visual
+        with QKVCapture(scored_attention(visual)) as cap:
+            out = self.orig_features(**kw, return_dict=True)
+        grids = grid.tolist()                 # host copy (the model makes the same one)
+        merge = visual.spatial_merge_size
+        scores, metric = merged_scores(cap, grids, merge, window_reverse(visual, grid, kw),
+                                       state.method in _NEEDS_METRIC)
+        feats = out.pooler_output
+        sizes = [t * h * w // merge ** 2 for t, h, w in grids]
+        if isinstance(feats, torch.Tensor):
+            feats = torch.split(feats, sizes)
+        if [f.shape[0] for f in feats] != sizes:
+            raise RuntimeError(f"unexpected video feature sizes {[tuple(f.shape) for f in feats]} for grids "
+                               f"{grids}; this transformers version is not supported")
+        pruned, start = [], 0
+        for (t, h, w), f, n in zip(grids, feats, sizes):   # one pruning per video
+            per = n // t
+            extra = {"metric": metric[start:start + n].view(t, per, -1)} if metric is not None else {}
+            pruned.append(pipelines.prune(f.view(t, per, -1), scores[start:start + n].view(t, per),
+                                          method=state.method, retention_ratio=state.retention_ratio,
+                                          use_stop=state.use_stop, **extra, **state.options))
+            start += n
+        out.pooler_output = tuple(p.tokens.to(f.dtype) for p, f in zip(pruned, feats))
+        out.stop_pruned = pruned        # the PrunedVideo of each video (tokens, source positions)
+        out.stop_plan = VideoPlan(full=tuple(sizes), kept=tuple(p.tokens.shape[0] for p in pruned))
+        # Index of each kept token's source in its video's placeholder run (t'·N' + location).
+        out.stop_sources = [p.positions[:, 0] * (n // t) + p.positions[:, 1]
+                            for p, n, (t, _, _) in zip(pruned, sizes, grids)]
+        return out
+
+    # ------------------------------------------------------------------ prompt side
+
+    def rope_index(self, *args, **kwargs):
+        rope = (self.state.cache or {}).get("rope")
+        if rope is not None:
+            hit = rope.lookup(args[0] if args else kwargs.get("input_ids"))
+            if hit is not None:
+                return hit
+        return self.orig_rope(*args, **kwargs)
+
+    def forward(self, *args, **kwargs):
+        kw = _bind(self.orig_forward, args, kwargs)
+        if kw.get("pixel_values_videos") is None and _pruned_output(kw) is None:
+            return self.orig_forward(*args, **kwargs)
+        with self.state.scope():
+            return self.orig_forward(**self._fit(kw))
+
+    def generate(self, *args, **kwargs):
+        if kwargs.get("pixel_values_videos") is None:
+            return self.orig_generate(*args, **kwargs)
+        kw = dict(kwargs)
+        if args:  # generate(input_ids, ...) passes the prompt as `inputs`
+            kw["inputs"], args = args[0], args[1:]
+        if kw.get("inputs") is not None:
+            kw["input_ids"] = kw.pop("inputs")
+        prompt = kw.get("input_ids")
+        with self.state.scope():
+            with torch.no_grad():
+                kw = self._fit(kw)
+            out = self.orig_generate(*args, **kw)
+        return _restore_prompt(out, prompt, kw.get("input_ids"))
+
+    def _fit(self, kw: dict) -> dict:
+        """The call's inputs with each video's placeholders cut to its kept count, and the M-RoPE
+        ids of the shrunken prompt (given ``position_ids`` are moved along; otherwise they are
+        left for ``get_rope_index`` to answer)."""
+        pixels = kw.get("pixel_values_videos")
+        if pixels is not None:
+            out = self.inner.get_video_features(pixels, kw.get("video_grid_thw"), return_dict=True)
+        else:
+            out = _pruned_output(kw)
+        plan = out.stop_plan
+        fitted = sum(int(f.shape[0]) for f in out.pooler_output)   # maybe repeated for beams
+        ids = kw.get("input_ids")
+        if ids is None:
+            raise ValueError("pruning Qwen2.5-VL videos needs input_ids (the M-RoPE positions of the kept "
+                             "tokens are computed from them), got only inputs_embeds")
+        mask = ids == self.model.config.video_token_id
+        n = int(mask.sum())  # host sync: the shrunken prompt's length depends on it
+        placed = kw.get("position_ids") is not None or (self.state.cache or {}).get("rope") is not None
+        if n == fitted and placed:
+            return kw                      # fitted earlier in this call (generate passes it on)
+        if n == fitted and n != plan.full_total:
+            raise ValueError("the prompt already holds the pruned number of video placeholders, so the "
+                             "positions of its tokens are unknown; pass the prompt as the processor wrote it")
+        check_count(n, plan, fitted)       # ValueError unless n is the full count
+        keep = keep_mask(mask, plan)
+        src = source_columns(mask, plan, out.stop_sources)
+        layout = slots(keep, kw.get("attention_mask"))
+        pad_id = _prompt_kwargs(self.model)["pad_id"]
+        new = compact({k: v for k, v in kw.items() if k != "position_ids"}, keep, pad_id, layout)
+        if kw.get("position_ids") is not None:
+            new["position_ids"] = _move_positions(kw["position_ids"], src, layout, new.get("attention_mask"))
+        else:
+            self.state.cache["rope"] = self._rope(kw, new, src, layout)
+        return new
+
+    def _rope(self, kw: dict, new: dict, src, layout) -> _Rope:
+        call = {}
+        for name, p in self.rope_params.items():
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                continue
+            if kw.get(name) is not None:
+                call[name] = kw[name]
+            elif p.default is p.empty:
+                raise ValueError(f"{name} is needed to compute the M-RoPE positions of the prompt (pass it "
+                                 "as the processor returns it), got none")
+        full, _ = self.orig_rope(**call)                               # (3, B, L) unpruned
+        pos = full.gather(2, src.to(full.device).expand_as(full))
+        pos = layout.apply(pos.permute(1, 2, 0), _POS_FILL).permute(2, 0, 1).contiguous()
+        # Decoding continues at the unpruned prompt's last position + 1. The original's text-only
+        # answer for the shrunken prompt gives this version's delta convention (it counts padding
+        # or not): delta = text-only delta + (max + 1 − real length).
+        ids, am = new["input_ids"], new.get("attention_mask")
+        probe = {"input_ids": ids}
+        if "attention_mask" in self.rope_params:
+            probe["attention_mask"] = am
+        if "mm_token_type_ids" in self.rope_params:
+            probe["mm_token_type_ids"] = torch.zeros_like(ids, dtype=torch.int32)
+        _, text_delta = self.orig_rope(**probe)
+        length = am.sum(1) if am is not None else torch.full((ids.shape[0],), ids.shape[1], device=ids.device)
+        top = full.amax(dim=(0, 2)).to(length.device)
+        deltas = text_delta + (top + 1 - length).to(text_delta.device, text_delta.dtype)[:, None]
+        return _Rope(ids, pos.to(full.dtype), deltas)
+
+
+def _pruned_output(kw: dict):
+    """Pre-encoded video features pruned by this integration, or None."""
+    out = (kw.get("mm_encoder_outputs") or {}).get("video")
+    return out if getattr(out, "stop_plan", None) is not None else None
+
+
+def _move_positions(pos: torch.Tensor, src, layout, mask) -> torch.Tensor:
+    """Given position ids ((B, L), (3, B, L) or (4, B, L) with text positions first) follow their
+    tokens; text positions (row 0 of 4) are renumbered along the shrunken sequence."""
+    if pos.dim() not in (2, 3) or pos.shape[-2:] != src.shape:
+        raise ValueError(f"position_ids must be (batch, sequence) or (3 or 4, batch, sequence) with "
+                         f"(batch, sequence) = {tuple(src.shape)}, got shape {tuple(pos.shape)}")
+    moved = pos.gather(-1, src.to(pos.device).expand_as(pos))
+    if pos.dim() == 2:
+        return layout.apply(moved, _POS_FILL)
+    moved = layout.apply(moved.permute(1, 2, 0), _POS_FILL).permute(2, 0, 1).contiguous()
+    if moved.shape[0] == 4:
+        B, L = moved.shape[1:]
+        text = (mask.long().cumsum(-1) - 1).clamp(min=0).masked_fill(mask == 0, 0) if mask is not None \
+            else torch.arange(L, device=moved.device).expand(B, L)
+        moved[0] = text.to(moved.device, moved.dtype)
+    return moved

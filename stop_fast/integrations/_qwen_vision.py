@@ -1,0 +1,135 @@
+"""SToP scores of Qwen2.5-VL video tokens, read off its vision tower without changing how it runs.
+
+The tower attends within windows in most blocks and over each whole temporal patch group (one
+"frame" of T' = T/2) in the blocks of ``fullatt_block_indexes``; the last of those is scored.
+Hooks keep that block's fused qkv projection and the ``cu_seqlens`` / rotary (cos, sin) it is
+called with; q and k are then rotated with the model's own ``apply_rotary_pos_emb_vision``,
+so the score sees exactly the q/k the attention saw. Tokens run in window order inside the
+tower; scores are merged 2×2 (the four patches of one merged token are consecutive) and put
+back in the merger's output order with the model's window index.
+"""
+from __future__ import annotations
+
+import inspect
+import sys
+
+import torch
+from torch import nn
+
+from ..api import column_mean_attention
+
+_PRECOMPUTED = ("window_index", "cu_window_seqlens")   # vision kwargs newer versions accept
+
+
+def scored_attention(visual: nn.Module) -> nn.Module:
+    """The attention module of the last full-attention block of a Qwen2.5-VL vision tower."""
+    full = list(getattr(visual, "fullatt_block_indexes", None) or ())
+    blocks = getattr(visual, "blocks", None)
+    if not full or not isinstance(blocks, nn.ModuleList):
+        raise TypeError(f"vision tower {type(visual).__name__} has no full-attention blocks "
+                        "(fullatt_block_indexes) to score; expected a Qwen2.5-VL vision tower")
+    attn = getattr(blocks[max(full)], "attn", None)
+    if attn is None or not isinstance(getattr(attn, "qkv", None), nn.Linear):
+        raise TypeError(f"vision block {max(full)} has no attn with a fused qkv linear layer")
+    return attn
+
+
+def _rotary_fn(attn: nn.Module):
+    fn = getattr(sys.modules[type(attn).__module__], "apply_rotary_pos_emb_vision", None)
+    if fn is None:
+        raise TypeError(f"cannot find apply_rotary_pos_emb_vision next to {type(attn).__name__}; "
+                        "this transformers version is not supported")
+    return fn
+
+
+class QKVCapture:
+    """Context manager keeping one vision attention call's qkv output, cu_seqlens and (cos, sin)."""
+
+    def __init__(self, attn: nn.Module):
+        self.attn = attn
+        self.rotate = _rotary_fn(attn)
+        self._sig = inspect.signature(attn.forward)
+        self.qkv = self.cu_seqlens = self.rope = None
+        self._handles = []
+
+    def __enter__(self) -> "QKVCapture":
+        self._handles = [self.attn.register_forward_pre_hook(self._inputs, with_kwargs=True),
+                         self.attn.qkv.register_forward_hook(self._output)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def _inputs(self, module, args, kwargs):
+        bound = self._sig.bind_partial(*args, **kwargs).arguments
+        self.cu_seqlens, self.rope = bound.get("cu_seqlens"), bound.get("position_embeddings")
+
+    def _output(self, module, args, output):
+        self.qkv = output
+
+    def qk(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Post-RoPE q, k as (L, H, d), in window order, exactly as the attention used them."""
+        if self.qkv is None or self.cu_seqlens is None:
+            raise RuntimeError("the scored vision block did not run: nothing was captured")
+        if not isinstance(self.rope, (tuple, list)) or len(self.rope) != 2:
+            raise TypeError("the vision attention was not given position_embeddings=(cos, sin); "
+                            "this transformers version is not supported")
+        L = self.qkv.shape[0]
+        q, k, _ = self.qkv.detach().reshape(L, 3, self.attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+        cos, sin = self.rope
+        return self.rotate(q, k, cos, sin)
+
+
+def window_reverse(visual: nn.Module, grid_thw: torch.Tensor, call_kwargs: dict) -> torch.Tensor:
+    """argsort of the tower's window index: merged tokens in window order → merger output order."""
+    given = {}
+    for name in _PRECOMPUTED:        # the caller may pass them precomputed (video_-prefixed or not)
+        for key in (f"video_{name}", name):
+            if call_kwargs.get(key) is not None:
+                given[name] = call_kwargs[key]
+    method = getattr(visual, "get_window_index", None)        # transformers 5.0 – 5.x
+    if callable(method):
+        index = method(grid_thw)[0]
+    else:
+        fn = getattr(sys.modules[type(visual).__module__], "get_vision_window_index", None)
+        if fn is None:
+            raise TypeError(f"cannot find the window index of {type(visual).__name__}; "
+                            "this transformers version is not supported")
+        index = fn(grid_thw, spatial_merge_size=visual.spatial_merge_size, window_size=visual.window_size,
+                   patch_size=visual.patch_size, kwargs=given)[0]
+    return torch.argsort(index.to(grid_thw.device))
+
+
+@torch.no_grad()
+def merged_scores(cap: QKVCapture, grids: list[list[int]], merge: int, reverse: torch.Tensor,
+                  with_metric: bool):
+    """Column-mean attention per temporal patch group, merged like the tokens.
+
+    Returns scores (M,) float32 and metric (M, d) float32 (head-mean post-RoPE keys) or None, for
+    the M merged tokens of all videos in the merger's output order; each group's merged scores
+    sum to 1/merge².
+    """
+    lengths = [h * w for t, h, w in grids for _ in range(t)]
+    cu = [0]
+    for n in lengths:
+        cu.append(cu[-1] + n)
+    # One small host copy: the full-attention groups must be the temporal patch groups.
+    if cap.cu_seqlens.tolist() != cu:
+        raise RuntimeError("the scored vision block does not attend within each temporal patch group "
+                           "(unexpected cu_seqlens); this transformers version is not supported")
+    q, k = cap.qk()
+    scale = getattr(cap.attn, "scaling", None)
+    scores, start = [], 0
+    for t, h, w in grids:        # one call per video (frames of one video share a size)
+        qv, kv = (x[start:start + t * h * w].view(t, h * w, *x.shape[1:]) for x in (q, k))
+        scores.append(column_mean_attention(qv, kv, scale=scale, layout="bnhd").flatten())
+        start += t * h * w
+    unit = merge * merge
+    reverse = reverse.to(q.device)
+    scores = torch.cat(scores).view(-1, unit).mean(dim=1)[reverse]
+    metric = None
+    if with_metric:
+        metric = k.mean(dim=1, dtype=torch.float32).view(-1, unit, k.shape[-1]).mean(dim=1)[reverse]
+    return scores, metric
