@@ -102,7 +102,10 @@ def sink_score(attn: torch.Tensor, *, gamma: float = 1.1, eps: float = 1e-12,
     _attention("attn", attn)
     gamma = C.number("gamma", gamma, positive=True)
     eps = C.number("eps", eps, positive=True)
-    C.finite(attn=attn)
+    ends = C.finite(attn=attn)
+    if ends is not None and ends["attn"][0] < 0:   # m^γ of a negative mean is NaN
+        raise ValueError(f"attn must be non-negative (a per-frame attention score), got a minimum "
+                         f"of {ends['attn'][0]:.4g}")
     return get("sink_score", backend, attn.device)(attn, gamma, eps)
 
 
@@ -151,8 +154,8 @@ def adjacent_cosine(x: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
     return get("adjacent_cosine", backend, x.device)(x)
 
 
-def _threshold_args(x, sink, tau, mu_t):
-    _features("x", x, min_frames=2)
+def _threshold_args(x, sink, tau, mu_t, min_frames=2):
+    _features("x", x, min_frames=min_frames)
     _sink(sink, x.shape[1], x=x)
     tau, mu_t = C.number("tau", tau), C.number("mu_t", mu_t)
     C.finite(x=x, sink=sink)
@@ -174,15 +177,18 @@ def segment_static_mask(x: torch.Tensor, sink: torch.Tensor, bounds: torch.Tenso
     """Locations static over whole segments (SPEC §5): static at every step t = b … e−1.
 
     bounds (S, 2) int64 inclusive frame ranges [b, e] with 0 ≤ b ≤ e < T → (S, N) bool;
-    a one-frame segment (b == e) has no static location.
+    a one-frame segment (b == e) has no static location. T = 1 is valid. The range of
+    ``bounds`` is always checked on CPU, and on a GPU together with the finiteness checks (it
+    costs a sync there).
     """
-    tau, mu_t = _threshold_args(x, sink, tau, mu_t)
+    tau, mu_t = _threshold_args(x, sink, tau, mu_t, min_frames=1)
     C.tensor("bounds", bounds, 2, "(S, 2)", dtypes=(torch.int64, torch.int32))
     if bounds.shape[1] != 2:
         raise ValueError(f"bounds must have shape (S, 2), got {tuple(bounds.shape)}")
     C.same_device(x=x, bounds=bounds)
-    if C.finite_checks_enabled() and not C._compiling() and bounds.numel():
-        T = x.shape[0]  # one sync, like the finiteness checks
+    host = bounds.device.type == "cpu"
+    if (host or C.finite_checks_enabled()) and not C._compiling() and bounds.numel():
+        T = x.shape[0]  # on a GPU one sync, like the finiteness checks
         b, e = bounds[:, 0], bounds[:, 1]
         if not bool(((b >= 0) & (b <= e) & (e < T)).all()):
             raise ValueError(f"bounds rows must satisfy 0 <= b <= e < T = {T}, got {bounds.tolist()}")

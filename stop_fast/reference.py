@@ -158,7 +158,9 @@ def dpc_knn(x: torch.Tensor, n_centers: int, k: int, penalty: torch.Tensor | Non
     """
     n, D = x.shape
     xd = x.double()
-    dist = torch.cdist(xd, xd) / math.sqrt(D)
+    # Exact differences, not the matmul shortcut cdist takes for n > 25: identical tokens must
+    # be at distance 0 so that their density ties, and ties go to the lower index.
+    dist = torch.cdist(xd, xd, compute_mode="donot_use_mm_for_euclid_dist") / math.sqrt(D)
     knn = torch.sort(dist, dim=-1).values[:, :k]
     rho = torch.exp(-(knn ** 2).mean(dim=-1))
     dmax = dist.max()
@@ -283,4 +285,4 @@ def holitom_prune(features: torch.Tensor, attention: torch.Tensor, retention_rat
                 positions.append((t, i))
                 kinds.append(3)
     return _pruned(rows, positions, kinds, sink, features, "holitom", retention_ratio,
-                   segments=segments, adjusted_ratio=r_adj, reduced=reduced)
+                   segments=segments, adjusted_ratio=float(r_adj), reduced=reduced)

@@ -206,3 +206,32 @@ def test_rejects_bad_input(kwargs, exc, match):
     features, attention = args.pop("features"), args.pop("attention")
     with pytest.raises(exc, match=match):
         prune(features, attention, **args)
+
+
+def test_budgets_use_exact_arithmetic():
+    # Nothing merges (random frames): r' is exactly r, so k_d = ceil(10 · 0.1) = 1 per frame,
+    # where float arithmetic (0.1 · 30 / 30 = 0.10000000000000002) would give 2.
+    g = torch.Generator().manual_seed(0)
+    x, a = torch.randn(3, 10, 8, generator=g), torch.rand(3, 10, generator=g)
+    fast = prune(x, a, method="holitom", retention_ratio=0.1, backend="torch")
+    twin = prune(x, a, method="holitom", retention_ratio=0.1, backend="reference")
+    assert fast.reduced == 0 and fast.num_tokens == twin.num_tokens == 3
+    assert fast.adjusted_ratio == 0.1
+
+
+def test_sink_options_rejected_without_stop():
+    x, a = torch.randn(3, 10, 8), torch.rand(3, 10)
+    with pytest.raises(ValueError, match="center_penalty=0.3 is a sink term"):
+        prune(x, a, method="holitom", retention_ratio=0.1, use_stop=False, center_penalty=0.3)
+
+
+def test_dpc_knn_duplicate_tokens_tie_to_lower_index():
+    # 30 tokens (cdist would take its matmul shortcut) made of 6 vectors repeated 5 times: all
+    # densities tie, so the first copy of each vector must be the centre, in both paths.
+    from stop_fast import reference
+    from stop_fast.pipelines import dpc_knn
+    x = torch.randn(6, 64, generator=torch.Generator().manual_seed(0)).repeat(5, 1)
+    for fn in (reference.dpc_knn, dpc_knn):
+        centers, assign = fn(x, 6, 5)
+        assert centers.tolist() == [0, 1, 2, 3, 4, 5]
+        assert assign.tolist() == list(range(6)) * 5

@@ -80,3 +80,24 @@ def test_triton_backend_explains_why_unavailable(monkeypatch):
     with pytest.raises(RuntimeError, match="backend='triton' is unavailable: Triton kernels need a CUDA tensor"):
         dispatch.resolve("triton", torch.device("cpu"))
     assert dispatch.resolve("auto", torch.device("cpu")) == "torch"
+
+
+def test_sink_score_rejects_negative_attention():
+    with pytest.raises(ValueError, match="attn must be non-negative .* minimum of -0.5"):
+        sf.sink_score(torch.tensor([[-0.5, 1.0, 0.2]]))
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch", "triton"])
+def test_segment_static_mask_single_frame(backend):
+    x = torch.randn(1, 5, 8)
+    out = sf.segment_static_mask(x, torch.rand(5), torch.tensor([[0, 0]]), tau=0.0, mu_t=0.0, backend=backend)
+    assert out.shape == (1, 5) and not out.any()
+
+
+def test_segment_bounds_checked_on_cpu_even_without_finite_checks():
+    sf.set_finite_checks(False)
+    try:
+        with pytest.raises(ValueError, match="0 <= b <= e < T = 4"):
+            sf.segment_static_mask(X, S, torch.tensor([[-1, 2]]), tau=0.8, mu_t=0.0)
+    finally:
+        sf.set_finite_checks(True)

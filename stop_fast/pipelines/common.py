@@ -7,6 +7,7 @@ from Python ints and floats, and used by both the fast pipelines and the loop-ba
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from dataclasses import dataclass
 
 import torch
@@ -132,6 +133,11 @@ def make_config(method, retention_ratio, use_stop=True, mu_s=None, mu_t=None, ga
     mus = _mu("mu_s", mu_s, ds, use_stop, method, used=True)
     mut = _mu("mu_t", mu_t, dt, use_stop, method, used=method == "holitom")
     opts = _options(method, options)
+    if not use_stop:
+        for name in ("center_penalty", "num_sink_skip"):
+            if name in options:
+                raise ValueError(f"{name}={options[name]!r} is a sink term, which use_stop=False "
+                                 "turns off; drop it or set use_stop=True")
     if method == "holitom" and not use_stop:
         opts["center_penalty"] = 0.0      # plain HoliTom: no sink term anywhere (SPEC §6.4)
     gamma = C.number("gamma", gamma, positive=True)
@@ -175,14 +181,20 @@ def visionzip_budget(N: int, r: float) -> tuple[int, int]:
     return dominant, S - dominant
 
 
-def holitom_adjusted_ratio(r: float, T: int, N: int, reduced: int) -> float:
-    """r' = min(r·T·N / (T·N − reduced), 1) (SPEC §6.1); the DP never removes all T·N tokens."""
-    return min(r * T * N / (T * N - reduced), 1.0)
+def holitom_adjusted_ratio(r: float, T: int, N: int, reduced: int) -> Fraction:
+    """r' = min(r·T·N / (T·N − reduced), 1) (SPEC §6.1), as an exact fraction.
+
+    ``r`` is read as the decimal it prints as (0.1 → 1/10), so budgets do not depend on float
+    error: with nothing merged r' is exactly r and ceil(10·r') is 1, not 2. The DP never
+    removes all T·N tokens.
+    """
+    return min(Fraction(repr(float(r))) * T * N / (T * N - reduced), Fraction(1))
 
 
-def holitom_budgets(n_static: int, n_dynamic: int, r_adj: float) -> tuple[int, int]:
+def holitom_budgets(n_static: int, n_dynamic: int, r_adj: Fraction) -> tuple[int, int]:
     """(clusters c_n = round(n_st·r'), dynamic per frame k_d = ceil(n_dyn·r')) (SPEC §6.3–4).
 
-    ``round`` is Python's (ties to even); both the fast path and the twin call this function.
+    Exact arithmetic; round() of a Fraction rounds halves to even, like Python's round() on the
+    published code's floats.
     """
     return round(n_static * r_adj), math.ceil(n_dynamic * r_adj)

@@ -61,7 +61,7 @@ def _run(cfg: Config, features, attention, metric) -> PrunedVideo:
         return PrunedVideo(tokens, positions, kinds, sink, cfg.method, cfg.retention_ratio)
     tokens, positions, kinds, segments, r_adj, reduced = holitom_fast(features, attention, sink, cfg)
     return PrunedVideo(tokens, positions, kinds, sink, cfg.method, cfg.retention_ratio,
-                       segments, r_adj, reduced)
+                       segments, float(r_adj), reduced)
 
 
 def _twin(cfg: Config, features, attention, metric) -> PrunedVideo:
