@@ -53,10 +53,13 @@ def _configs(pairs):
             for m, n, w, s in pairs]
 
 
-# (BLOCK_M, BLOCK_N, warps, stages), all legal on sm_86 and sm_90. The small single-stage
-# entry is a fallback for large fp32 head dims; configs that exceed a GPU's shared memory
-# are discarded by the autotuner.
-_LSE_CONFIGS = _configs([(128, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 128, 4, 3),
+# (BLOCK_M, BLOCK_N, warps, stages). For head dims 72/80 in any input dtype every entry fits
+# the per-block shared memory of sm_86 (99 KB) and sm_90 (227 KB), as checked ahead of time by
+# `python -m stop_fast.kernels.aot`; (64, 128) is 2-stage because with 3 stages it needs
+# 100 KB for fp32. The small single-stage entry is the fallback for large fp32 head dims,
+# where the bigger configs exceed shared memory and the autotuner discards them (it treats
+# OutOfResources as an infinitely slow config).
+_LSE_CONFIGS = _configs([(128, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 128, 4, 2),
                          (32, 32, 4, 1)])
 _COL_CONFIGS = _configs([(64, 64, 4, 3), (64, 128, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2),
                          (32, 32, 4, 1)])
