@@ -27,3 +27,25 @@ def device() -> str:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+class PruneRecorder:
+    """Wraps stop_fast.pipelines.prune to keep what an integration passed and got back."""
+
+    def __init__(self, prune):
+        self.calls = []
+        self.prune = prune                                   # the real one
+
+    def __call__(self, features, attention, **kw):
+        out = self.prune(features, attention, **kw)
+        self.calls.append((features, attention, kw, out))
+        return out
+
+
+@pytest.fixture
+def recorder(monkeypatch):
+    """Records every stop_fast.pipelines.prune call made while the test runs."""
+    from stop_fast import pipelines
+    rec = PruneRecorder(pipelines.prune)
+    monkeypatch.setattr(pipelines, "prune", rec)
+    return rec

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from transformers import (CLIPVisionConfig, LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
                           Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig)
 
-from stop_fast import pipelines
 from stop_fast.integrations.transformers import apply_stop, remove_stop
 
 VIDEO, IMAGE, PAD = 63, 62, 0
@@ -64,26 +63,6 @@ def _video(device, seed, static=False):
 
 def _prompt(device, head=(1, 2), tail=(3, 4, 5)):
     return torch.tensor([[*head, *[VIDEO] * FULL, *tail]], device=device)
-
-
-class _Recorder:
-    """Wraps stop_fast.prune to keep what the integration passed and got back."""
-
-    def __init__(self):
-        self.calls = []
-        self.prune = pipelines.prune                               # the real one
-
-    def __call__(self, features, attention, **kw):
-        out = self.prune(features, attention, **kw)
-        self.calls.append((features, attention, kw, out))
-        return out
-
-
-@pytest.fixture
-def recorder(monkeypatch):
-    rec = _Recorder()
-    monkeypatch.setattr(pipelines, "prune", rec)
-    return rec
 
 
 def _llm_inputs(model):

@@ -19,7 +19,6 @@ import pytest
 import torch
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-from stop_fast import pipelines
 from stop_fast.integrations.transformers import apply_stop, remove_stop
 
 VIDEO, IMAGE, VS, VE, PAD = 60, 61, 62, 63, 0
@@ -87,26 +86,6 @@ def _inputs(model, device, rows, videos, image=None):
     if "mm_token_type_ids" in inspect.signature(model.forward).parameters:
         kw["mm_token_type_ids"] = ((ids == IMAGE).int() + 2 * (ids == VIDEO).int())
     return kw
-
-
-class _Recorder:
-    """Wraps stop_fast.prune to keep what the integration passed and got back."""
-
-    def __init__(self):
-        self.calls = []
-        self.prune = pipelines.prune
-
-    def __call__(self, features, attention, **kw):
-        out = self.prune(features, attention, **kw)
-        self.calls.append((features, attention, kw, out))
-        return out
-
-
-@pytest.fixture
-def recorder(monkeypatch):
-    rec = _Recorder()
-    monkeypatch.setattr(pipelines, "prune", rec)
-    return rec
 
 
 def _llm_inputs(model):

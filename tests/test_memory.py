@@ -3,7 +3,6 @@ import subprocess
 import sys
 import textwrap
 
-import torch
 
 from stop_fast import torch_backend as TB
 
