@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 # Triton runs through its interpreter where no NVIDIA GPU is visible.
 INTERPRET ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo 0 || echo 1)
 
-.PHONY: demo test bench bench-smoke clean
+.PHONY: demo test bench bench-smoke gpu-report aot clean
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,15 @@ bench: $(VENV)/.installed
 
 bench-smoke: $(VENV)/.installed
 	TRITON_INTERPRET=$(INTERPRET) $(VENV)/bin/stop-fast bench --suite all --smoke
+
+# On a GPU machine: the test suite on CUDA, then every benchmark suite into bench/results/.
+gpu-report: $(VENV)/.installed
+	TRITON_INTERPRET=0 $(PY) -m pytest tests -q
+	TRITON_INTERPRET=0 $(VENV)/bin/stop-fast bench --suite all --device cuda
+
+# Ahead-of-time compile of every kernel for sm_86 and sm_90 (no GPU needed).
+aot: $(VENV)/.installed
+	TRITON_INTERPRET=0 $(PY) -m stop_fast.kernels.aot --targets 86 90
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
