@@ -1,6 +1,7 @@
 """Where a run happened: device, library versions, date, and the results-directory slug."""
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import importlib.metadata as md
 import platform
@@ -17,13 +18,10 @@ def _version(dist: str) -> str | None:
 
 
 def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine() or "cpu"
 
 
