@@ -24,7 +24,8 @@ from .. import pipelines
 from ..pipelines.common import make_config
 from ._qwen_vision import QKVCapture, merged_scores, scored_attention, window_reverse
 from ._sequence import VideoPlan, check_count, compact, keep_mask, slots, source_columns
-from .transformers import _NEEDS_METRIC, _bind, _patch, _prompt_kwargs, _restore_prompt, _State
+from .transformers import (_NEEDS_METRIC, _bind, _generate_kwargs, _patch, _prompt_kwargs,
+                           _restore_prompt, _State)
 
 QWEN_MU_S = 3.7        # SPEC §4: μ_s of VisionZip + SToP with Qwen2.5-VL
 _POS_FILL = 1          # position id written at new padding (masked out anyway)
@@ -164,11 +165,7 @@ class _Qwen:
     def generate(self, *args, **kwargs):
         if kwargs.get("pixel_values_videos") is None:
             return self.orig_generate(*args, **kwargs)
-        kw = dict(kwargs)
-        if args:  # generate(input_ids, ...) passes the prompt as `inputs`
-            kw["inputs"], args = args[0], args[1:]
-        if kw.get("inputs") is not None:
-            kw["input_ids"] = kw.pop("inputs")
+        args, kw = _generate_kwargs(args, kwargs)
         prompt = kw.get("input_ids")
         with self.state.scope():
             with torch.no_grad():

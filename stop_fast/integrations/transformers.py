@@ -275,6 +275,17 @@ def _forward_fn(state: _State, model):
     return forward
 
 
+def _generate_kwargs(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """generate()'s arguments with the prompt as ``input_ids`` (it may come positionally, or as
+    ``inputs``)."""
+    kw = dict(kwargs)
+    if args:
+        kw["inputs"], args = args[0], args[1:]
+    if kw.get("inputs") is not None:
+        kw["input_ids"] = kw.pop("inputs")
+    return args, kw
+
+
 def _generate_fn(state: _State, model):
     original = model.generate
 
@@ -282,11 +293,7 @@ def _generate_fn(state: _State, model):
     def generate(*args, **kwargs):
         if kwargs.get("pixel_values_videos") is None:
             return original(*args, **kwargs)
-        kw = dict(kwargs)
-        if args:  # generate(input_ids, ...) passes the prompt as `inputs`
-            kw["inputs"], args = args[0], args[1:]
-        if kw.get("inputs") is not None:
-            kw["input_ids"] = kw.pop("inputs")
+        args, kw = _generate_kwargs(args, kwargs)
         prompt = kw.get("input_ids")
         with state.scope():
             with torch.no_grad():
