@@ -23,7 +23,7 @@ demo: $(VENV)/.installed
 	TRITON_INTERPRET=0 $(VENV)/bin/stop-fast demo
 
 test: $(VENV)/.installed
-	TRITON_INTERPRET=$(INTERPRET) $(PY) -m pytest tests -q
+	TRITON_INTERPRET=$(INTERPRET) $(VENV)/bin/pytest tests -q
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/stop-fast bench --suite all
@@ -33,7 +33,7 @@ bench-smoke: $(VENV)/.installed
 
 # On a GPU machine: the test suite on CUDA, then every benchmark suite into bench/results/.
 gpu-report: $(VENV)/.installed
-	TRITON_INTERPRET=0 $(PY) -m pytest tests -q
+	TRITON_INTERPRET=0 $(VENV)/bin/pytest tests -q
 	TRITON_INTERPRET=0 $(VENV)/bin/stop-fast bench --suite all --device cuda
 
 # Ahead-of-time compile of every kernel for sm_86 and sm_90 (no GPU needed).

@@ -26,7 +26,9 @@ from .timing import Timing, is_oom, measure, peak_memory_mib, sync
 
 FULL = {"frames": [32, 64], "ratios": [0.10, 0.15, 0.20], "decode": 32, "reps": 5, "warmup": 2}
 SMOKE = {"frames": [2, 4], "ratios": [0.10], "decode": 4, "reps": 2, "warmup": 1}
-METHODS = ("visionzip", "holitom")
+from stop_fast.pipelines.registry import METHODS as _REGISTRY
+
+METHODS = tuple(_REGISTRY)      # every registered host method (PruneVid needs the 14×14 grid)
 
 
 def _blocks(tower):
@@ -78,11 +80,13 @@ class Runner:
         feats = inner.apply_pooling(inner.multi_modal_projector(vo.hidden_states[layer]))
         attn = vo.attentions[idx].float().mean(dim=1).mean(dim=1)        # as published
         score = inner.apply_pooling(attn.unsqueeze(-1)).squeeze(-1)
-        metric = {}
-        if method == "visionzip":
+        extra = {}
+        if _REGISTRY[method].needs_metric:
             k = keys["k"].unflatten(-1, (block.num_heads, -1)).float().mean(dim=2)
-            metric = {"metric": inner.apply_pooling(k)}
-        pruned = stop_fast.prune(feats, score, method=method, retention_ratio=ratio, **metric)
+            extra["metric"] = inner.apply_pooling(k)
+        if _REGISTRY[method].uses_global:           # the fallback apply_stop uses without a head
+            extra["global_features"] = feats.float().mean(dim=1)
+        pruned = stop_fast.prune(feats, score, method=method, retention_ratio=ratio, **extra)
         newline = inner.image_newline.to(feats.dtype)[None]
         return torch.cat((pruned.tokens.to(feats.dtype), newline))          # (M + 1, D)
 
@@ -139,7 +143,7 @@ def measure_variant(runner: Runner, prefill, vision, visual_tokens, device, cfg,
 
 def _integration():
     try:
-        from stop_fast.integrations.transformers import apply_stop, remove_stop
+        from stop_fast.integrations import apply_stop, remove_stop
         return apply_stop, remove_stop, None
     except Exception as exc:  # noqa: BLE001
         return None, None, f"stop_fast.apply_stop not importable ({type(exc).__name__}: {exc})"
@@ -194,6 +198,12 @@ def _frames_cases(model, T, cfg, device, dtype, smoke, apply_stop, remove_stop) 
                          "prompt_text_tokens": E.PREFIX + E.SUFFIX})
             try:
                 apply_stop(model, method=method, retention_ratio=ratio)
+            except ValueError as exc:    # a method this model's shapes cannot run (PruneVid: N ≠ 196)
+                case.results[OURS] = skipped(str(exc))
+                case.results["unpruned"] = unpruned
+                cases.append(case)
+                continue
+            try:
                 case.results[OURS] = measure_variant(runner, runner.prefill, runner.vision,
                                                      runner.visual_tokens, device, cfg, smoke)
             except Exception as exc:  # noqa: BLE001

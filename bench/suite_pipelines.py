@@ -1,25 +1,24 @@
-"""Suite "pipelines": ``stop_fast.prune`` (VisionZip / HoliTom + SToP) vs its twins.
+"""Suite "pipelines": ``stop_fast.prune`` for every registered host method vs its twin.
 
 Inputs are seeded synthetic videos (:func:`stop_fast.synthetic.make_video`: static
-background, moving objects, planted sinks, one scene cut) so HoliTom's segmentation and
-static merging do real work. Baselines: the float64 loop-based reference twins
-(``stop_fast.reference.visionzip_prune`` / ``holitom_prune``, reached through
-``backend="reference"``), and the torch backend when ``auto`` resolves to something else.
+background, moving objects, planted sinks, one scene cut) so the temporal methods'
+segmentation and merging do real work. Baselines: the float64 loop-based twins
+(``<method>_reference.py``, reached through ``backend="reference"``), and the torch backend
+when ``auto`` resolves to something else.
 """
 from __future__ import annotations
 
 import torch
 
 import stop_fast
-from stop_fast import reference
+from stop_fast.pipelines.registry import METHODS as REGISTRY
 
 from .record import OURS, Case, SuiteResult, run_impl, skipped
 from .timing import measure, wallclock
 
 FULL = {"T": [16, 32, 64], "grid": (14, 14), "D": 3584, "Dk": 72, "ratios": [0.10]}
 SMOKE = {"T": [4, 8], "grid": (6, 6), "D": 32, "Dk": 8, "ratios": [0.10]}
-METHODS = ("visionzip", "holitom")
-TWINS = {"visionzip": "visionzip_prune", "holitom": "holitom_prune"}
+METHODS = tuple(REGISTRY)
 
 
 def video(T: int, cfg: dict, device: torch.device, dtype: torch.dtype = torch.bfloat16):
@@ -28,10 +27,20 @@ def video(T: int, cfg: dict, device: torch.device, dtype: torch.dtype = torch.bf
                       scene_cut=T // 2, seed=T, device=device, dtype=dtype)
 
 
+def unsupported(v, method: str) -> str | None:
+    """Why ``method`` cannot run on video ``v`` (PruneVid hard-codes the 14×14 grid), or None."""
+    if method == "prunevid" and v.features.shape[1] != 196:
+        return f"PruneVid needs N = 196 pooled tokens per frame, this video has {v.features.shape[1]}"
+    return None
+
+
 def pipeline_fn(v, method: str, ratio: float, backend: str):
-    metric = {"metric": v.metric} if method == "visionzip" else {}
+    spec = REGISTRY[method]
+    extra = {"metric": v.metric} if spec.needs_metric else {}
+    if spec.uses_global:          # per-frame global vectors: the frame mean (SPEC §9 fallback)
+        extra["global_features"] = v.features.float().mean(dim=1)
     return lambda: stop_fast.prune(v.features, v.attention, method=method, retention_ratio=ratio,
-                                   backend=backend, **metric)
+                                   backend=backend, **extra)
 
 
 def slow_timer(fn, device, *, smoke: bool):
@@ -42,17 +51,13 @@ def slow_timer(fn, device, *, smoke: bool):
 
 
 def run(device: torch.device, smoke: bool) -> SuiteResult:
-    missing = [n for n in TWINS.values() if not hasattr(reference, n)]
-    if missing:
-        return SuiteResult("pipelines", status="skipped",
-                           reason=f"stop_fast.reference lacks {', '.join(missing)}: no twin to compare with")
     from stop_fast.dispatch import resolve
 
     cfg = SMOKE if smoke else FULL
     auto = resolve("auto", device)
     res = SuiteResult("pipelines")
     res.notes.append(f"ours = stop_fast.prune(backend='auto') → {auto!r}; 'reference' = the float64 "
-                     "loop-based twins in stop_fast.reference")
+                     "loop-based twins (<method>_reference.py)")
     res.notes.append("inputs: stop_fast.synthetic.make_video (bf16 features, scene cut at T/2)")
     for T in cfg["T"]:
         v = video(T, cfg, device)
@@ -62,6 +67,11 @@ def run(device: torch.device, smoke: bool) -> SuiteResult:
                             {"T": T, "N": v.features.shape[1], "D": cfg["D"], "metric_dim": cfg["Dk"],
                              "dtype": "bf16", "method": method, "retention_ratio": ratio,
                              "backend": auto})
+                why = unsupported(v, method)
+                if why:
+                    case.results[OURS] = skipped(why)
+                    res.cases.append(case)
+                    continue
                 ours = pipeline_fn(v, method, ratio, "auto")
                 case.params["kept_tokens"] = ours().num_tokens      # outside timing
                 case.results[OURS] = run_impl(ours, device, smoke=smoke)

@@ -3,13 +3,13 @@
 The primitives (``column_mean_attention``, ``sink_score``, ``penalized_topk``, …) live in
 :mod:`stop_fast.api`; pipelines (``prune``, ``VisionZip``, ``HoliTom``) in
 :mod:`stop_fast.pipelines`; the transformers integration (``apply_stop``, ``remove_stop``) in
-:mod:`stop_fast.integrations.transformers`. The latter two import lazily.
+:mod:`stop_fast.integrations`. The latter two import lazily.
 """
 from __future__ import annotations
 
 import importlib
 
-from ._checks import set_finite_checks
+from ._checks import input_checks, set_finite_checks
 from .api import (
     adjacent_cosine,
     column_mean_attention,
@@ -24,12 +24,10 @@ from .dispatch import BACKENDS
 __version__ = "0.1.0"
 
 _LAZY = {
-    "prune": "stop_fast.pipelines",
-    "PrunedVideo": "stop_fast.pipelines",
-    "VisionZip": "stop_fast.pipelines",
-    "HoliTom": "stop_fast.pipelines",
-    "apply_stop": "stop_fast.integrations.transformers",
-    "remove_stop": "stop_fast.integrations.transformers",
+    **{name: "stop_fast.pipelines" for name in (
+        "prune", "PrunedVideo", "METHODS", "Pruner", "VisionZip", "HoliTom", "FastVid",
+        "FlashVid", "PruneVid")},
+    **{name: "stop_fast.integrations" for name in ("apply_stop", "remove_stop", "last_pruned")},
 }
 
 __all__ = [
@@ -37,6 +35,7 @@ __all__ = [
     "adjacent_cosine",
     "column_mean_attention",
     "gather_topk",
+    "input_checks",
     "penalized_topk",
     "segment_static_mask",
     "set_finite_checks",

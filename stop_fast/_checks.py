@@ -7,7 +7,9 @@ environment variable ``STOP_FAST_CHECK_FINITE=0``) and are skipped while torch.c
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import numbers
 import os
 
 import torch
@@ -25,6 +27,22 @@ def set_finite_checks(enabled: bool) -> None:
 
 def finite_checks_enabled() -> bool:
     return _check_finite
+
+
+@contextlib.contextmanager
+def input_checks(enabled: bool):
+    """Turn the NaN/Inf checks on or off for a block of code, then restore the previous setting.
+
+    ``with stop_fast.input_checks(False): ...`` is what serving loops and benchmarks use once
+    their inputs are known to be finite (each check costs one device→host sync). Process-wide,
+    like :func:`set_finite_checks`: not meant for threads that want different settings.
+    """
+    global _check_finite
+    old, _check_finite = _check_finite, bool(enabled)
+    try:
+        yield
+    finally:
+        _check_finite = old
 
 
 def _compiling() -> bool:
@@ -66,7 +84,8 @@ def finite(**tensors: torch.Tensor | None) -> dict[str, tuple[float, float]] | N
     without a full-size temporary: NaN propagates to both ends and ±Inf shows at one. Skipped
     when checks are off (:func:`set_finite_checks`) or while torch.compile traces.
     """
-    named = [(n, t) for n, t in tensors.items() if t is not None]
+    # Meta tensors have no values to check (shape-only tracing, offloaded weights).
+    named = [(n, t) for n, t in tensors.items() if t is not None and t.device.type != "meta"]
     if not _check_finite or _compiling() or not named:
         return None
     ends = torch.stack([v.float() for _, t in named for v in torch.aminmax(t)]).tolist()
@@ -80,7 +99,10 @@ def finite(**tensors: torch.Tensor | None) -> dict[str, tuple[float, float]] | N
 
 
 def number(name: str, v, *, positive: bool = False) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
+    """A real number (Python, NumPy or 0-dim tensor scalars alike) as a float."""
+    if isinstance(v, torch.Tensor) and v.dim() == 0 and not v.is_complex():
+        v = v.item()
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
     v = float(v)
     if not math.isfinite(v):
@@ -91,8 +113,10 @@ def number(name: str, v, *, positive: bool = False) -> float:
 
 
 def integer(name: str, v, lo: int, hi: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
+    """An integer (Python or NumPy integer) in [lo, hi] as an int."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    v = int(v)
     if not lo <= v <= hi:
         raise ValueError(f"{name} must be in [{lo}, {hi}], got {v}")
     return v

@@ -39,7 +39,9 @@ def column_mean_attention(q: torch.Tensor, k: torch.Tensor, *, scale: float | No
         backend: "auto", "torch", "triton" or "reference".
 
     Returns:
-        (B, Nk) float32: mean over heads and queries of softmax(q kᵀ·scale).
+        (B, Nk) float32: mean over heads and queries of softmax(q kᵀ·scale). Not
+        differentiable: it is a score for selection, so q, k and lse are read detached and the
+        result never requires grad.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
@@ -65,6 +67,8 @@ def column_mean_attention(q: torch.Tensor, k: torch.Tensor, *, scale: float | No
         if tuple(lse.shape) != (B, H, Nq):
             raise ValueError(f"lse must have shape (B, H, Nq) = {(B, H, Nq)}, got {tuple(lse.shape)}")
     C.finite(q=q, k=k, lse=lse)
+    q, k = q.detach(), k.detach()
+    lse = lse.detach() if lse is not None else None
     return get("column_mean_attention", backend, q.device)(q, k, scale, lse)
 
 

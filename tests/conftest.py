@@ -30,22 +30,32 @@ def _seed():
 
 
 class PruneRecorder:
-    """Wraps stop_fast.pipelines.prune to keep what an integration passed and got back."""
+    """Keeps what an integration's pruner was given and returned: ``calls`` holds
+    (features, attention, settings, PrunedVideo), settings being the validated options plus
+    ``metric`` and ``global_features``. ``prune`` is the plain :func:`stop_fast.prune`."""
 
     def __init__(self, prune):
         self.calls = []
-        self.prune = prune                                   # the real one
-
-    def __call__(self, features, attention, **kw):
-        out = self.prune(features, attention, **kw)
-        self.calls.append((features, attention, kw, out))
-        return out
+        self.prune = prune
 
 
 @pytest.fixture
 def recorder(monkeypatch):
-    """Records every stop_fast.pipelines.prune call made while the test runs."""
+    """Records every call of a :class:`stop_fast.pipelines.Pruner` made while the test runs."""
+    import dataclasses
+
     from stop_fast import pipelines
+    from stop_fast.pipelines.entry import Pruner
+
     rec = PruneRecorder(pipelines.prune)
-    monkeypatch.setattr(pipelines, "prune", rec)
+    original = Pruner.__call__
+
+    def call(self, features, attention=None, metric=None, global_features=None):
+        out = original(self, features, attention, metric, global_features)
+        kw = {f.name: getattr(self.options, f.name) for f in dataclasses.fields(self.options)}
+        kw.update(method=self.options.method, metric=metric, global_features=global_features)
+        rec.calls.append((features, attention, kw, out))
+        return out
+
+    monkeypatch.setattr(Pruner, "__call__", call)
     return rec

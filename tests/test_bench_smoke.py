@@ -22,7 +22,7 @@ TIMING = ("median_ms", "min_ms", "max_ms")
 
 def _integration_importable() -> bool:
     try:
-        import stop_fast.integrations.transformers  # noqa: F401
+        import stop_fast.integrations.llava_onevision  # noqa: F401
         return True
     except Exception:  # noqa: BLE001
         return False

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from transformers import (CLIPVisionConfig, LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
                           Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig)
 
-from stop_fast.integrations.transformers import apply_stop, remove_stop
+from stop_fast.integrations import apply_stop, remove_stop
 
 VIDEO, IMAGE, PAD = 63, 62, 0
 T, GRID, POOLED = 4, 7, 16          # frames, ViT grid side, pooled tokens per frame
@@ -244,6 +244,9 @@ def test_vision_tower_never_runs_eager_attention(model, recorder, device, monkey
         sdpa_calls.append(a[0].shape)
         return real_sdpa(*a, **k)
     monkeypatch.setattr(F, "scaled_dot_product_attention", counting_sdpa)
+    from stop_fast.integrations import attention_lse as AL
+    lse_calls, real_lse = [], AL.attention_with_lse
+    monkeypatch.setattr(AL, "attention_with_lse", lambda *a, **k: lse_calls.append(a[0].shape) or real_lse(*a, **k))
     weights = []
     handles = [layer.self_attn.register_forward_hook(lambda m, a, o: weights.append(o[1]))
                for layer in _blocks(model)]
@@ -257,7 +260,9 @@ def test_vision_tower_never_runs_eager_attention(model, recorder, device, monkey
         for h in handles:
             h.remove()
     assert len(weights) == 2 and all(w is None for w in weights)      # no attention maps returned
-    assert sum(s[0] == T for s in sdpa_calls) == 2                    # both ViT blocks via SDPA
+    # The unscored block via SDPA; the scored one via SDPA's kernel that also returns the
+    # log-sum-exp, which the score reuses (one QKᵀ sweep fewer).
+    assert sum(s[0] == T for s in sdpa_calls) == 1 and sum(s[0] == T for s in lse_calls) == 1
     assert len(recorder.calls) == 1
 
 
@@ -317,7 +322,7 @@ def test_beam_search(model, device):
 
 def test_prompt_fitting_layouts(device):
     """The placeholder cut on its own: right padding, labels, position ids, embeddings-only prompts."""
-    from stop_fast.integrations._sequence import VideoPlan, fit_prompt
+    from stop_fast.integrations._common import VideoPlan, fit_prompt
 
     V, full = 9, 4                                   # token id, placeholders per video before pruning
     plan = VideoPlan(full=full, kept=(2, 3))         # video 0 keeps 2, video 1 keeps 3 (newline incl.)

@@ -19,7 +19,7 @@ import pytest
 import torch
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-from stop_fast.integrations.transformers import apply_stop, remove_stop
+from stop_fast.integrations import apply_stop, remove_stop
 
 VIDEO, IMAGE, VS, VE, PAD = 60, 61, 62, 63, 0
 PATCH_DIM = 3 * 2 * 2 * 2            # channels × temporal patch × patch × patch
@@ -154,7 +154,7 @@ def test_prefill_carries_pruned_tokens_and_positions(model, recorder, device):
     t, n = _merged(GRID_A)
     feats = _unpatched_features(model, pixels, grid)[0].view(t, n, -1)
     scores, metric = _hand_scores(model, pixels, grid)
-    expected = recorder.prune(feats, scores, method="visionzip", retention_ratio=0.5, metric=metric, mu_s=3.7)
+    expected = recorder.prune(feats, scores, method="visionzip", retention_ratio=0.5, metric=metric)
     seen, handle = _llm_inputs(model)
     try:
         with torch.no_grad():
@@ -169,7 +169,7 @@ def test_prefill_carries_pruned_tokens_and_positions(model, recorder, device):
     torch.testing.assert_close(got_feats, feats, rtol=0, atol=0)
     torch.testing.assert_close(got_scores, scores, rtol=1e-4, atol=1e-7)
     torch.testing.assert_close(got_kw["metric"], metric, rtol=1e-4, atol=1e-6)
-    assert got_kw["mu_s"] == 3.7 and got_kw["use_stop"] is True
+    assert got_kw["mu_s"] == 0.03 and got_kw["use_stop"] is True     # attention scale (SPEC §14)
     assert torch.equal(pruned.positions, expected.positions)
     M = expected.tokens.shape[0]
     assert M == t * 6                                                # int(12 · 0.5) per group
@@ -223,7 +223,7 @@ def test_generate_positions_and_remove_restore_bitwise(model, recorder, device):
         step = _cached_step(model, kw)
     finally:
         handle.remove()
-    assert recorder.calls[0][2]["use_stop"] is False and "mu_s" not in recorder.calls[0][2]
+    assert recorder.calls[0][2]["use_stop"] is False and recorder.calls[0][2]["mu_s"] == 0.0
     M = recorder.calls[0][3].tokens.shape[0]
     t, n = _merged(GRID_B)
     assert M == t * 4
@@ -305,7 +305,7 @@ def test_vision_tower_never_runs_eager_attention(model, recorder, device, monkey
 def test_errors(model, device):
     with pytest.raises(TypeError, match="Qwen2_5_VLForConditionalGeneration"):
         apply_stop(torch.nn.Linear(2, 2))
-    with pytest.raises(ValueError, match="only 'visionzip'"):
+    with pytest.raises(ValueError, match=r"not supported for Qwen2_5_VLForConditionalGeneration; expected one of \('visionzip', 'fastvid'\)"):
         apply_stop(model, method="holitom", retention_ratio=0.25)
     with pytest.raises(ValueError, match="method"):
         apply_stop(model, method="tome")

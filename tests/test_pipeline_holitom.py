@@ -15,6 +15,7 @@ from stop_fast import reference as R
 from stop_fast.pipelines import KIND_DYNAMIC, KIND_STATIC, HoliTom, dpc_knn, prune
 from stop_fast.pipelines.dpc_knn import dpc_knn_batched
 from stop_fast.pipelines.holitom import pair_counts, segments_from_counts
+from stop_fast.pipelines.holitom_reference import holitom_segments
 from stop_fast.synthetic import make_video
 
 GRIDS = {49: (7, 7), 196: (14, 14)}
@@ -145,7 +146,7 @@ def test_dp_matches_reference_segments(p_static, W):
         cos = torch.where(torch.rand(T - 1, 12, generator=g) < p_static, 0.95, 0.5)
         steady = cos > 0.8
         by_end = pair_counts(steady).T.tolist() if T > 1 else [[0]]
-        assert segments_from_counts(by_end, W) == R.holitom_segments(cos, 0.8, W)
+        assert segments_from_counts(by_end, W) == holitom_segments(cos, 0.8, W)
 
 
 def test_pair_counts_by_hand():

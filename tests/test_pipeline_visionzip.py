@@ -13,7 +13,7 @@ import torch
 import stop_fast as sf
 from stop_fast import dispatch
 from stop_fast.pipelines import KIND_CONTEXTUAL, KIND_DOMINANT, VisionZip, prune
-from stop_fast.pipelines.common import visionzip_budget
+from stop_fast.pipelines.visionzip import visionzip_budget
 from stop_fast.pipelines.visionzip import contextual_targets
 from stop_fast.synthetic import make_video
 
@@ -154,7 +154,7 @@ X, A, M = torch.randn(4, 49, 8), torch.rand(4, 49), torch.randn(4, 49, 6)
     (dict(retention_ratio=1.5), ValueError, r"retention_ratio must be in \(0, 1\], got 1.5"),
     (dict(retention_ratio=0.01), ValueError, "keeps int\\(N\\*r\\) = 0 of N=49"),
     (dict(retention_ratio="0.1"), TypeError, "retention_ratio must be a real number"),
-    (dict(method="fastvid"), ValueError, "method must be one of \\('visionzip', 'holitom'\\), got 'fastvid'"),
+    (dict(method="tango"), ValueError, "method must be one of \\('visionzip', 'holitom', 'fastvid', 'flashvid', 'prunevid'\\), got 'tango'"),
     (dict(features=X.long()), TypeError, "features must have dtype in"),
     (dict(features=X[0]), ValueError, r"features must have shape \(T, N, D\)"),
     (dict(features=X.clone().index_fill_(0, torch.tensor([2]), math.nan)), ValueError, "features contains NaN"),

@@ -4,6 +4,8 @@ Forward hooks on the q/k projections of the layer whose output feeds the project
 two activations while the tower runs as configured (SDPA / FlashAttention): no attention
 weights are requested, no eager path is taken, and no N×N matrix is formed. The score is then
 one call of :func:`stop_fast.column_mean_attention` on (B, N, H, d) views of the projections.
+Where it can, that one block computes its attention with a kernel that also returns the row
+log-sum-exp (:mod:`.attention_lse`), which the score then reuses instead of sweeping QKᵀ again.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import torch
 from torch import nn
 
 from ..api import column_mean_attention
+from .attention_lse import capture_lse
 
 _LAYER_PATHS = ("encoder.layers", "vision_model.encoder.layers")
 
@@ -54,22 +57,37 @@ def feature_block(layers: nn.ModuleList, vision_feature_layer) -> nn.Module:
 
 
 class QKCapture:
-    """Context manager keeping the last q/k projection outputs of one attention module."""
+    """Context manager keeping the last q/k projection outputs of one attention module.
 
-    def __init__(self, attn: nn.Module):
+    With ``lse`` left None the module-wide setting of :mod:`.attention_lse` decides whether the
+    module also runs an attention kernel that records its row log-sum-exp (``cap.lse``).
+    """
+
+    def __init__(self, attn: nn.Module, lse: bool | None = None):
         self.attn = attn
         self.q = self.k = None
         self._handles = []
+        self._use_lse = lse
+        self._lse = None        # (context manager, LSERecord) while inside
 
     def __enter__(self) -> "QKCapture":
         self._handles = [self.attn.q_proj.register_forward_hook(self._keep("q")),
                          self.attn.k_proj.register_forward_hook(self._keep("k"))]
+        ctx = capture_lse(self.attn, self._use_lse)
+        self._lse = (ctx, ctx.__enter__())
         return self
 
     def __exit__(self, *exc) -> None:
         for h in self._handles:
             h.remove()
         self._handles = []
+        if self._lse is not None:
+            self._lse[0].__exit__(*exc)
+
+    @property
+    def lse(self) -> torch.Tensor | None:
+        """(B, H, N) row LSE of the latest attention call, or None (then the score computes it)."""
+        return None if self._lse is None else self._lse[1].lse
 
     def _keep(self, name: str):
         def hook(module, args, output):
@@ -96,8 +114,10 @@ def frame_scores(cap: QKCapture, drop_first: bool, pool, with_metric: bool):
     """
     q, k = cap.heads()
     scale = getattr(cap.attn, "scale", None)
-    # SDPA does not hand out its log-sum-exp, so the kernel recomputes it (lse=None).
-    scores = column_mean_attention(q, k, scale=scale, layout="bnhd", lse=None)
+    lse = cap.lse          # None where the block could not run an LSE kernel: recomputed then
+    if lse is not None and tuple(lse.shape) != (q.shape[0], q.shape[2], q.shape[1]):
+        lse = None         # not the call whose q/k were kept (cannot happen with one tower call)
+    scores = column_mean_attention(q, k, scale=scale, layout="bnhd", lse=lse)
     metric = k.mean(dim=2, dtype=torch.float32) if with_metric else None
     if drop_first:
         scores = scores[:, 1:]

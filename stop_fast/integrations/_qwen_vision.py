@@ -6,7 +6,9 @@ Hooks keep that block's fused qkv projection and the ``cu_seqlens`` / rotary (co
 called with; q and k are then rotated with the model's own ``apply_rotary_pos_emb_vision``,
 so the score sees exactly the q/k the attention saw. Tokens run in window order inside the
 tower; scores are merged 2×2 (the four patches of one merged token are consecutive) and put
-back in the merger's output order with the model's window index.
+back in the merger's output order with the model's window index. Where it can, the scored block
+runs its per-group attention with a kernel that also returns the row log-sum-exp
+(:mod:`.attention_lse`), which the score reuses instead of sweeping QKᵀ again.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import torch
 from torch import nn
 
 from ..api import column_mean_attention
+from .attention_lse import capture_lse
 
 _PRECOMPUTED = ("window_index", "cu_window_seqlens")   # vision kwargs newer versions accept
 
@@ -43,24 +46,39 @@ def _rotary_fn(attn: nn.Module):
 
 
 class QKVCapture:
-    """Context manager keeping one vision attention call's qkv output, cu_seqlens and (cos, sin)."""
+    """Context manager keeping one vision attention call's qkv output, cu_seqlens and (cos, sin).
 
-    def __init__(self, attn: nn.Module):
+    ``lse`` (None: the setting of :mod:`.attention_lse`) also has the block record the row
+    log-sum-exp of its attention, chunk by chunk (``cap.lse``, (1, H, L) in window order).
+    """
+
+    def __init__(self, attn: nn.Module, lse: bool | None = None):
         self.attn = attn
         self.rotate = _rotary_fn(attn)
         self._sig = inspect.signature(attn.forward)
         self.qkv = self.cu_seqlens = self.rope = None
         self._handles = []
+        self._use_lse = lse
+        self._lse = None        # (context manager, LSERecord) while inside
 
     def __enter__(self) -> "QKVCapture":
         self._handles = [self.attn.register_forward_pre_hook(self._inputs, with_kwargs=True),
                          self.attn.qkv.register_forward_hook(self._output)]
+        ctx = capture_lse(self.attn, self._use_lse)
+        self._lse = (ctx, ctx.__enter__())
         return self
 
     def __exit__(self, *exc) -> None:
         for h in self._handles:
             h.remove()
         self._handles = []
+        if self._lse is not None:
+            self._lse[0].__exit__(*exc)
+
+    @property
+    def lse(self) -> torch.Tensor | None:
+        """(1, H, L) row LSE of the latest call (its chunks in order), or None."""
+        return None if self._lse is None else self._lse[1].lse
 
     def _inputs(self, module, args, kwargs):
         bound = self._sig.bind_partial(*args, **kwargs).arguments
@@ -121,10 +139,13 @@ def merged_scores(cap: QKVCapture, grids: list[list[int]], merge: int, reverse: 
                            "(unexpected cu_seqlens); this transformers version is not supported")
     q, k = cap.qk()
     scale = getattr(cap.attn, "scaling", None)
+    lse = cap.lse                # None where the block could not run an LSE kernel: recomputed then
+    lse = lse[0] if lse is not None and tuple(lse.shape) == (1, q.shape[1], q.shape[0]) else None
     scores, start = [], 0
     for t, h, w in grids:        # one call per video (frames of one video share a size)
         qv, kv = (x[start:start + t * h * w].view(t, h * w, *x.shape[1:]) for x in (q, k))
-        scores.append(column_mean_attention(qv, kv, scale=scale, layout="bnhd").flatten())
+        lv = None if lse is None else lse[:, start:start + t * h * w].unflatten(1, (t, h * w)).transpose(0, 1)
+        scores.append(column_mean_attention(qv, kv, scale=scale, layout="bnhd", lse=lv).flatten())
         start += t * h * w
     unit = merge * merge
     reverse = reverse.to(q.device)

@@ -13,14 +13,67 @@ GPU those rounds would be T sequential launch chains and the layout would still 
 """
 from __future__ import annotations
 
+import dataclasses
+import math
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from ..dispatch import get
-from .common import KIND_DYNAMIC, KIND_STATIC, Config, holitom_adjusted_ratio, holitom_budgets
+from .. import _checks as C
+from .. import api
+from . import base
+from .base import KIND_DYNAMIC, KIND_STATIC, Selection, Video
 from .dpc_knn import dpc_knn_batched
 
-__all__ = ["holitom_fast", "pair_counts", "segments_from_counts"]
+__all__ = ["Options", "holitom_fast", "pair_counts", "segments_from_counts",
+           "holitom_adjusted_ratio", "holitom_budgets"]
+
+
+@dataclass(frozen=True)
+class Options(base.Options):
+    """HoliTom settings (SPEC §6, §13). ``mu_t=None`` / ``center_penalty=None`` take 0.07 / 0.3
+    with SToP and 0 without; τ is used for both the DP and the STTP test (SPEC §6.2)."""
+
+    mu_t: float | None = None
+    tau: float = 0.8
+    beta: float = 0.6
+    K: int = 7
+    max_window: int | None = None
+    center_penalty: float | None = None
+
+    method = "holitom"
+    default_mu_s = 0.04
+    sink_fields = ("mu_s", "mu_t", "center_penalty")
+
+    def validated(self, given: frozenset[str] = frozenset()) -> "Options":
+        out = super().validated(given)
+        on = out.use_stop
+        mu_t = (0.07 if self.mu_t is None else C.number("mu_t", self.mu_t)) if on else 0.0
+        lam = (0.3 if self.center_penalty is None else C.number("center_penalty", self.center_penalty)) \
+            if on else 0.0
+        return dataclasses.replace(out, mu_t=mu_t, center_penalty=lam)
+
+    def _check_fields(self) -> None:
+        C.number("tau", self.tau)
+        if not 0.0 <= C.number("beta", self.beta) <= 1.0:
+            raise ValueError(f"beta must be in [0, 1], got {self.beta}")
+        C.integer("K", self.K, 1, 2**31 - 1)
+        if self.max_window is not None:
+            C.integer("max_window", self.max_window, 1, 2**31 - 1)
+
+
+def holitom_adjusted_ratio(r: float, T: int, N: int, reduced: int) -> float:
+    """r' = min(r / ((T·N − reduced) / (T·N)), 1) in IEEE float64, in exactly the order the
+    published Python evaluates it (SPEC §6.1: e.g. 0.7000000000000001, not 0.7)."""
+    total = T * N
+    return min(r / ((total - reduced) / total), 1)
+
+
+def holitom_budgets(n_static: int, n_dynamic: int, r_adj: float) -> tuple[int, int]:
+    """(clusters c_n = round(n_st·r'), dynamic per frame k_d = ceil(n_dyn·r')) on the float r'
+    (SPEC §6.3–4; round() halves to even, as Python's)."""
+    return round(n_static * r_adj), math.ceil(n_dynamic * r_adj)
 
 
 def pair_counts(steady: torch.Tensor) -> torch.Tensor:
@@ -65,44 +118,40 @@ def segments_from_counts(by_end: list[list[int]], max_window: int | None,
     return segments[::-1], best_upto[T]
 
 
-def holitom_fast(x: torch.Tensor, attn: torch.Tensor, sink: torch.Tensor, cfg: Config):
-    """(tokens (M, D), positions (M, 2), kinds (M,), segments, r', reduced), SPEC §6.5 order."""
+def holitom_fast(video: Video, opts: Options) -> Selection:
+    """SPEC §6 vectorized; output per segment: static tokens, then dynamic tokens per frame."""
+    x, attn, sink, bk = video.features, video.attention, video.sink, video.backend
     T, N, D = x.shape
     dev = x.device
-    opts = cfg.options
-    tau = opts["tau"]
 
     # 1. Tables for the DP (raw cosine) and STTP (cosine + μ_t·s), same τ for both (SPEC §6.2).
-    breaks = None
     if T > 1:
-        cos = get("adjacent_cosine", cfg.backend, dev)(x)                    # (T−1, N)
-        above = cos > tau
-        steady = (cos + cfg.mu_t * sink.float()) > tau if cfg.mu_t != 0.0 else above
-        breaks = F.pad((~steady).to(torch.int32).cumsum(dim=0), (0, 0, 1, 0))   # (T, N)
+        above = api.adjacent_cosine(x, backend=bk) > opts.tau                 # (T−1, N)
+        steady = api.static_mask(x, sink, tau=opts.tau, mu_t=opts.mu_t, backend=bk) \
+            if opts.mu_t != 0.0 else above
         tables = torch.stack([pair_counts(above).T, pair_counts(steady).T])      # [e][b]
         # The one host sync: segment layout and budgets depend on the data.
         raw_by_end, st_by_end = tables.cpu().tolist()
     else:
         raw_by_end = st_by_end = [[0]]
-    segments, reduced = segments_from_counts(raw_by_end, opts["max_window"])
-    r_adj = holitom_adjusted_ratio(cfg.retention_ratio, T, N, reduced)
+    segments, reduced = segments_from_counts(raw_by_end, opts.max_window)
+    r_adj = holitom_adjusted_ratio(opts.retention_ratio, T, N, reduced)
     plan = _Plan(segments, [st_by_end[e][b] if e > b else 0 for b, e in segments], N, r_adj,
-                 opts["K"], dev)
+                 opts.K, dev)
 
     M = plan.total
     out = torch.empty(M + 1, D, dtype=x.dtype, device=dev)      # row M takes unused slots
     pos = torch.empty(M + 1, 2, dtype=torch.int64, device=dev)
     kinds = torch.empty(M + 1, dtype=torch.int8, device=dev)
-    if breaks is not None:   # (S, N) static locations of each segment, from the STTP prefix
-        b, e = plan.bounds[:, 0], plan.bounds[:, 1]
-        seg_static = (breaks[e] == breaks[b]) & (e > b)[:, None]
-    else:
-        seg_static = torch.zeros(1, N, dtype=torch.bool, device=dev)
+    # (S, N) static locations of each segment: the same fused test the tables counted.
+    seg_static = api.segment_static_mask(x, sink, plan.bounds, tau=opts.tau, mu_t=opts.mu_t,
+                                         backend=bk)
     if plan.k_max > 0:
-        _dynamic(x, attn, sink, seg_static, plan, cfg, (out, pos, kinds))
+        _dynamic(x, attn, sink, seg_static, plan, opts, bk, (out, pos, kinds))
     if plan.active:
-        _static(x, sink, seg_static, plan, cfg, (out, pos, kinds))
-    return out[:M], pos[:M], kinds[:M], segments, r_adj, reduced
+        _static(x, sink, seg_static, plan, opts, (out, pos, kinds))
+    return Selection(out[:M], pos[:M], kinds[:M], segments,
+                     {"adjusted_ratio": r_adj, "reduced": reduced})
 
 
 class _Plan:
@@ -143,7 +192,7 @@ class _Plan:
         self.act, self.act_n, self.act_c, self.act_k, self.act_base = rest
 
 
-def _dynamic(x, attn, sink, seg_static, plan: _Plan, cfg: Config, outs) -> None:
+def _dynamic(x, attn, sink, seg_static, plan: _Plan, opts: Options, bk: str, outs) -> None:
     """SPEC §6.3: per frame the top k_d of ã over the segment's dynamic locations, ascending.
 
     Static locations get a score below every dynamic one (min a − |μ_s| − 1 − μ_s·s < any ã),
@@ -154,9 +203,9 @@ def _dynamic(x, attn, sink, seg_static, plan: _Plan, cfg: Config, outs) -> None:
     dev, M, k_max = x.device, plan.total, plan.k_max
     dynamic = ~seg_static[plan.seg_of]                                        # (T, N)
     a = attn.float()
-    floor = a.min() - abs(cfg.mu_s) - 1.0
-    ranked = get("penalized_topk", cfg.backend, dev)(torch.where(dynamic, a, floor), sink,
-                                                     k_max, cfg.mu_s)         # (T, k_max)
+    floor = a.min() - abs(opts.mu_s) - 1.0
+    ranked = api.penalized_topk(torch.where(dynamic, a, floor), sink, k_max, mu_s=opts.mu_s,
+                                backend=bk)                # (T, k_max)
     rank = torch.arange(k_max, device=dev)
     keep = rank < plan.k_frame[:, None]
     locs = torch.where(keep, ranked, N).sort(dim=1).values.clamp(max=N - 1)   # kept first
@@ -167,7 +216,7 @@ def _dynamic(x, attn, sink, seg_static, plan: _Plan, cfg: Config, outs) -> None:
     kinds.index_fill_(0, dest, KIND_DYNAMIC)
 
 
-def _static(x, sink, seg_static, plan: _Plan, cfg: Config, outs) -> None:
+def _static(x, sink, seg_static, plan: _Plan, opts: Options, outs) -> None:
     """SPEC §6.2 + §6.4: segment means at static locations, DPC-KNN of every clustering segment
     as one padded batch, each cluster merged to β·centre + (1−β)·mean(members)."""
     out, pos, kinds = outs
@@ -183,7 +232,7 @@ def _static(x, sink, seg_static, plan: _Plan, cfg: Config, outs) -> None:
     st_locs = st_locs[:, :n_pad]
     sets = torch.arange(A, device=dev)[:, None]
     tokens = means[sets, st_locs]                                             # (A, n_pad, D)
-    lam = cfg.options["center_penalty"]
+    lam = opts.center_penalty
     penalty = lam * sink.float()[st_locs] if lam else None
     centers, assign = dpc_knn_batched(tokens, plan.act_n, plan.act_c, c_pad, plan.act_k,
                                       plan.k_pad, penalty)
@@ -195,7 +244,7 @@ def _static(x, sink, seg_static, plan: _Plan, cfg: Config, outs) -> None:
     members_mean = torch.bmm(weight.transpose(1, 2), tokens) / counts.clamp(min=1.0)[..., None]
     ccol = centers.clamp(max=n_pad - 1)
     centre = tokens[sets, ccol]
-    beta = cfg.options["beta"]
+    beta = opts.beta
     merged = torch.where((counts > 0)[..., None], beta * centre + (1 - beta) * members_mean, centre)
     slot = torch.arange(c_pad, device=dev)
     dest = torch.where(slot < plan.act_c[:, None], plan.act_base[:, None] + slot, M).flatten()

@@ -1,4 +1,5 @@
-"""Shrink a prompt's video placeholders to the pruned token counts.
+"""What every model integration shares: the patch bookkeeping (:class:`ModelPatch`), argument
+binding, and shrinking a prompt's video placeholders to the pruned token counts.
 
 A video processor writes F_v placeholder tokens for video v (LLaVA-OneVision: T·N pooled
 tokens plus the trailing newline; Qwen2.5-VL: T'·N' merged tokens). After pruning video v keeps
@@ -9,9 +10,15 @@ one stands for, so per-token positions (Qwen2.5-VL's M-RoPE ids) can follow thei
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import functools
+import inspect
+from dataclasses import dataclass, field
 
 import torch
+
+from ..pipelines import PrunedVideo
+from ..pipelines.entry import Pruner
 
 # Per-token (B, L[, …]) inputs that must shrink with the sequence, and their fill values.
 _SEQUENCE_INPUTS = {"input_ids": None, "inputs_embeds": 0, "attention_mask": 0, "labels": -100,
@@ -186,3 +193,145 @@ def compact(inputs: dict, keep: torch.Tensor, pad_id: int = 0, layout: Slots | N
         else:
             out["position_ids"] = (m.long().cumsum(-1) - 1).clamp(min=0).to(pos.dtype).masked_fill(m == 0, 0)
     return out
+
+
+# ----------------------------------------------------------------------------- patching
+
+_MISSING = object()
+STATE_ATTR = "_stop_state"
+
+
+@dataclass
+class PruneRecord:
+    """One video of the last call: what was kept, from which scores, on which grid."""
+
+    pruned: PrunedVideo
+    attention: torch.Tensor | None     # (T, N) float32 pooled per-frame score (None if unused)
+    grid: tuple[int, int]              # (h, w) of the pooled / merged token grid, h·w = N
+
+
+@dataclass
+class ModelPatch:
+    """The instance attributes one ``apply_stop`` replaced, and the state its wrappers share.
+
+    ``pruner`` is built (and its settings validated) once, at ``apply_stop`` time. ``cache``
+    keeps the pruned video features for the duration of one forward/generate call, so the
+    tower runs once per call. ``last`` holds the :class:`PruneRecord` of every video of the
+    most recent call (for inspection and pictures).
+    """
+
+    pruner: Pruner
+    extras: dict = field(default_factory=dict)
+    patched: list = field(default_factory=list)   # (object, attribute, previous value | _MISSING)
+    cache: dict | None = None
+    depth: int = 0
+    last: list[PruneRecord] | None = None
+
+    def check(self, model) -> None:
+        """Fail at ``apply_stop`` time on settings that cannot work for ``model``."""
+
+    def install(self, model) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must install its patches")
+
+    @property
+    def method(self) -> str:
+        return self.pruner.options.method
+
+    @property
+    def spec(self):
+        from ..pipelines import get_method
+        return get_method(self.method)
+
+    @contextlib.contextmanager
+    def scope(self):
+        if self.depth == 0:
+            self.cache = {}
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+            if self.depth == 0:
+                self.cache = None
+
+    def patch(self, obj, name: str, impl) -> None:
+        """Replace ``obj.name`` by a wrapper around ``impl`` that keeps the original's metadata."""
+        original = getattr(obj, name)
+
+        @functools.wraps(original)
+        def wrapper(*args, **kwargs):
+            return impl(*args, **kwargs)
+
+        self.patched.append((obj, name, obj.__dict__.get(name, _MISSING)))
+        setattr(obj, name, wrapper)
+
+    def unpatch(self) -> None:
+        for obj, name, old in reversed(self.patched):
+            if old is _MISSING:
+                delattr(obj, name)
+            else:
+                setattr(obj, name, old)
+        self.patched.clear()
+
+
+def bind(fn, args, kwargs) -> dict:
+    """All arguments of a call as keywords (so ``input_ids`` may be passed positionally)."""
+    bound = inspect.signature(fn).bind(*args, **kwargs)
+    out = {}
+    for name, value in bound.arguments.items():
+        kind = bound.signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_POSITIONAL:
+            raise TypeError(f"unexpected extra positional arguments: {value!r}")
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            out.update(value)
+        else:
+            out[name] = value
+    return out
+
+
+def prompt_kwargs(model) -> dict:
+    """The placeholder token id, a padding id and the embedding of ``model``'s prompt."""
+    config = model.config
+    gen = getattr(model, "generation_config", None)
+    pad = getattr(gen, "pad_token_id", None)
+    if pad is None:
+        pad = getattr(getattr(config, "text_config", config), "pad_token_id", None)
+    pad = pad[0] if isinstance(pad, (list, tuple)) else pad
+    return dict(token_id=config.video_token_id, pad_id=0 if pad is None else int(pad),
+                embed=model.get_input_embeddings())
+
+
+def generate_kwargs(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """generate()'s arguments with the prompt as ``input_ids`` (it may come positionally, or as
+    ``inputs``)."""
+    kw = dict(kwargs)
+    if args:
+        kw["inputs"], args = args[0], args[1:]
+    if kw.get("inputs") is not None:
+        kw["input_ids"] = kw.pop("inputs")
+    return args, kw
+
+
+def restore_prompt(out, prompt, fitted):
+    """Put the caller's prompt back in front of the generated tokens (they index past it)."""
+    if prompt is None or fitted is None or prompt is fitted:
+        return out
+    seq = out if isinstance(out, torch.Tensor) else getattr(out, "sequences", None)
+    if seq is None or seq.shape[0] % prompt.shape[0]:
+        return out
+    full = torch.cat((prompt.repeat_interleave(seq.shape[0] // prompt.shape[0], 0).to(seq.device),
+                      seq[:, fitted.shape[1]:]), dim=1)
+    if isinstance(out, torch.Tensor):
+        return full
+    out.sequences = full
+    return out
+
+
+def check_pixels(name: str, pixels: torch.Tensor) -> None:
+    """NaN/Inf in the model's video input, named as the caller knows it (one sync)."""
+    from .. import _checks as C
+    if isinstance(pixels, torch.Tensor) and pixels.is_floating_point():
+        try:
+            C.finite(**{name: pixels})
+        except ValueError as exc:
+            raise ValueError(f"{exc} (the video passed to the model)") from None

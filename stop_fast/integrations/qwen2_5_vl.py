@@ -1,62 +1,36 @@
-"""apply_stop for ``Qwen2_5_VLForConditionalGeneration``: VisionZip + SToP on the merged tokens.
-
-Four instance attributes are patched, nothing in the classes:
+"""SToP for ``Qwen2_5_VLForConditionalGeneration``: VisionZip or FastVid + SToP on the merged
+tokens (SPEC §14). Four instance attributes are patched, nothing in the classes:
 
 * ``model.model.get_video_features`` runs the tower as configured while hooks keep the last
   full-attention block's q/k (:mod:`._qwen_vision`), scores each temporal patch group, prunes
-  each video's (T', N') merged tokens with :func:`stop_fast.prune` and returns the kept tokens;
+  each video's (T', N') merged tokens with the pruner built at ``apply_stop`` time and returns
+  the kept tokens;
 * ``model.forward`` / ``model.generate`` cut each video's placeholder run to its kept count;
 * ``model.model.get_rope_index``, asked about the shrunken prompt of the current call, answers
   with the M-RoPE ids its tokens had in the unpruned prompt (computed by the original
   ``get_rope_index`` on that prompt): a kept video token keeps the (t, h, w) of the merged token
   it came from, text after a video keeps its position, and decoding continues after the
   unpruned prompt. Every other call goes to the original.
+
+μ_s defaults to the attention-scale values (VisionZip 0.03, FastVid 0.02): the scores are the
+same kind of column-mean attention as LLaVA's. The published wrapper's 3.7 belongs to its
+feature-norm proxy score and would make top-k keep the least-attended tokens (SPEC §4, §14).
 """
 from __future__ import annotations
 
-import functools
 import inspect
 from dataclasses import dataclass
 
 import torch
 
-from .. import pipelines
-from ..pipelines.common import make_config
+from ._common import (ModelPatch, PruneRecord, VideoPlan, bind, check_count, check_pixels, compact,
+                      generate_kwargs, keep_mask, prompt_kwargs, restore_prompt, slots,
+                      source_columns)
 from ._qwen_vision import QKVCapture, merged_scores, scored_attention, window_reverse
-from ._sequence import VideoPlan, check_count, compact, keep_mask, slots, source_columns
-from .transformers import (_NEEDS_METRIC, _bind, _generate_kwargs, _patch, _prompt_kwargs,
-                           _restore_prompt, _State)
 
-QWEN_MU_S = 3.7        # SPEC §4: μ_s of VisionZip + SToP with Qwen2.5-VL
+__all__ = ["Qwen2_5_VL"]
+
 _POS_FILL = 1          # position id written at new padding (masked out anyway)
-
-
-def check_options(state: _State) -> None:
-    """Validate the settings for Qwen2.5-VL and fill in its μ_s default."""
-    if "metric" in state.options:
-        raise TypeError("metric must not be passed to apply_stop: it is computed from the vision tower")
-    make_config(state.method, state.retention_ratio, state.use_stop, **state.options)
-    if state.method != "visionzip":
-        raise ValueError(f"method={state.method!r} is not supported for Qwen2.5-VL, only 'visionzip' is "
-                         "(the SToP settings published for this backbone are VisionZip's)")
-    if state.use_stop and state.options.get("mu_s") is None:
-        state.options["mu_s"] = QWEN_MU_S
-
-
-def patch(state: _State, model) -> None:
-    q = _Qwen(state, model)
-    inner = model.model
-    _patch(state, inner, "get_video_features", _wrap(inner.get_video_features, q.video_features))
-    _patch(state, inner, "get_rope_index", _wrap(inner.get_rope_index, q.rope_index))
-    _patch(state, model, "forward", _wrap(model.forward, q.forward))
-    _patch(state, model, "generate", _wrap(model.generate, q.generate))
-
-
-def _wrap(original, impl):
-    @functools.wraps(original)
-    def wrapper(*args, **kwargs):
-        return impl(*args, **kwargs)
-    return wrapper
 
 
 @dataclass
@@ -85,25 +59,38 @@ class _Rope:
         return pos.to(ids.device), (self.deltas.repeat_interleave(k, 0) if k > 1 else self.deltas)
 
 
-class _Qwen:
-    def __init__(self, state: _State, model):
-        self.state, self.model, self.inner = state, model, model.model
+class Qwen2_5_VL(ModelPatch):
+    """The patch of one Qwen2.5-VL model (methods "visionzip" and "fastvid", SPEC §14)."""
+
+    model_class = "Qwen2_5_VLForConditionalGeneration"
+    methods = ("visionzip", "fastvid")
+
+    def check(self, model) -> None:
+        """Nothing beyond the pruner's own validation: the merged-token count per group depends
+        on each video's resolution, so per-frame budgets are checked per call."""
+
+    def install(self, model) -> None:
+        self.model, self.inner = model, model.model
         self.orig_features = self.inner.get_video_features
         self.orig_rope = self.inner.get_rope_index
         self.orig_forward = model.forward
         self.orig_generate = model.generate
         self.rope_params = inspect.signature(self.orig_rope).parameters
+        self.patch(self.inner, "get_video_features", self.video_features)
+        self.patch(self.inner, "get_rope_index", self.rope_index)
+        self.patch(model, "forward", self.forward)
+        self.patch(model, "generate", self.generate)
 
     # ------------------------------------------------------------------ vision side
 
     def video_features(self, *args, **kwargs):
-        kw = _bind(self.orig_features, args, kwargs)
+        kw = bind(self.orig_features, args, kwargs)
         pixels, grid = kw.get("pixel_values_videos"), kw.get("video_grid_thw")
         if pixels is None or grid is None:
             raise ValueError("pruning Qwen2.5-VL videos needs pixel_values_videos and video_grid_thw, got "
                              f"{'no pixel_values_videos' if pixels is None else 'no video_grid_thw'}")
         want_tuple = kw.pop("return_dict", True) is False
-        cache = self.state.cache
+        cache = self.cache
         key = ("qwen_video", id(pixels), id(grid))
         hit = cache.get(key) if cache is not None else None
         if hit is not None and hit[0] is pixels and hit[1] is grid:
@@ -115,13 +102,14 @@ class _Qwen:
         return out.to_tuple() if want_tuple else out
 
     def _pruned_features(self, kw, grid):
-        state, visual = self.state, self.inner.visual
+        visual, spec = self.inner.visual, self.spec
+        check_pixels("pixel_values_videos", kw.get("pixel_values_videos"))
         with QKVCapture(scored_attention(visual)) as cap:
             out = self.orig_features(**kw, return_dict=True)
         grids = grid.tolist()                 # host copy (the model makes the same one)
         merge = visual.spatial_merge_size
         scores, metric = merged_scores(cap, grids, merge, window_reverse(visual, grid, kw),
-                                       state.method in _NEEDS_METRIC)
+                                       spec.needs_metric)
         feats = out.pooler_output
         sizes = [t * h * w // merge ** 2 for t, h, w in grids]
         if isinstance(feats, torch.Tensor):
@@ -129,14 +117,18 @@ class _Qwen:
         if [f.shape[0] for f in feats] != sizes:
             raise RuntimeError(f"unexpected video feature sizes {[tuple(f.shape) for f in feats]} for grids "
                                f"{grids}; this transformers version is not supported")
-        pruned, start = [], 0
+        records, start = [], 0
         for (t, h, w), f, n in zip(grids, feats, sizes):   # one pruning per video
             per = n // t
-            extra = {"metric": metric[start:start + n].view(t, per, -1)} if metric is not None else {}
-            pruned.append(pipelines.prune(f.view(t, per, -1), scores[start:start + n].view(t, per),
-                                          method=state.method, retention_ratio=state.retention_ratio,
-                                          use_stop=state.use_stop, **extra, **state.options))
+            x, a = f.view(t, per, -1), scores[start:start + n].view(t, per)
+            m = metric[start:start + n].view(t, per, -1) if metric is not None else None
+            # FastVid's global vector per temporal group: the mean merged token (SPEC §14).
+            g = x.float().mean(dim=1) if spec.uses_global else None
+            records.append(PruneRecord(self.pruner(x, a, metric=m, global_features=g), a,
+                                       (h // merge, w // merge)))
             start += n
+        self.last = records
+        pruned = [r.pruned for r in records]
         out.pooler_output = tuple(p.tokens.to(f.dtype) for p, f in zip(pruned, feats))
         out.stop_pruned = pruned        # the PrunedVideo of each video (tokens, source positions)
         out.stop_plan = VideoPlan(full=tuple(sizes), kept=tuple(p.tokens.shape[0] for p in pruned))
@@ -148,7 +140,7 @@ class _Qwen:
     # ------------------------------------------------------------------ prompt side
 
     def rope_index(self, *args, **kwargs):
-        rope = (self.state.cache or {}).get("rope")
+        rope = (self.cache or {}).get("rope")
         if rope is not None:
             hit = rope.lookup(args[0] if args else kwargs.get("input_ids"))
             if hit is not None:
@@ -156,22 +148,22 @@ class _Qwen:
         return self.orig_rope(*args, **kwargs)
 
     def forward(self, *args, **kwargs):
-        kw = _bind(self.orig_forward, args, kwargs)
+        kw = bind(self.orig_forward, args, kwargs)
         if kw.get("pixel_values_videos") is None and _pruned_output(kw) is None:
             return self.orig_forward(*args, **kwargs)
-        with self.state.scope():
+        with self.scope():
             return self.orig_forward(**self._fit(kw))
 
     def generate(self, *args, **kwargs):
         if kwargs.get("pixel_values_videos") is None:
             return self.orig_generate(*args, **kwargs)
-        args, kw = _generate_kwargs(args, kwargs)
+        args, kw = generate_kwargs(args, kwargs)
         prompt = kw.get("input_ids")
-        with self.state.scope():
+        with self.scope():
             with torch.no_grad():
                 kw = self._fit(kw)
             out = self.orig_generate(*args, **kw)
-        return _restore_prompt(out, prompt, kw.get("input_ids"))
+        return restore_prompt(out, prompt, kw.get("input_ids"))
 
     def _fit(self, kw: dict) -> dict:
         """The call's inputs with each video's placeholders cut to its kept count, and the M-RoPE
@@ -190,7 +182,7 @@ class _Qwen:
                              "tokens are computed from them), got only inputs_embeds")
         mask = ids == self.model.config.video_token_id
         n = int(mask.sum())  # host sync: the shrunken prompt's length depends on it
-        placed = kw.get("position_ids") is not None or (self.state.cache or {}).get("rope") is not None
+        placed = kw.get("position_ids") is not None or (self.cache or {}).get("rope") is not None
         if n == fitted and placed:
             return kw                      # fitted earlier in this call (generate passes it on)
         if n == fitted and n != plan.full_total:
@@ -200,12 +192,12 @@ class _Qwen:
         keep = keep_mask(mask, plan)
         src = source_columns(mask, plan, out.stop_sources)
         layout = slots(keep, kw.get("attention_mask"))
-        pad_id = _prompt_kwargs(self.model)["pad_id"]
+        pad_id = prompt_kwargs(self.model)["pad_id"]
         new = compact({k: v for k, v in kw.items() if k != "position_ids"}, keep, pad_id, layout)
         if kw.get("position_ids") is not None:
             new["position_ids"] = _move_positions(kw["position_ids"], src, layout, new.get("attention_mask"))
         else:
-            self.state.cache["rope"] = self._rope(kw, new, src, layout)
+            self.cache["rope"] = self._rope(kw, new, src, layout)
         return new
 
     def _rope(self, kw: dict, new: dict, src, layout) -> _Rope:

@@ -1,8 +1,8 @@
-"""pytest-benchmark set-up for ``pytest bench/ --benchmark-only``.
+"""pytest-benchmark set-up for ``pytest tests/benchmarks --benchmark-only``.
 
 Full shapes on CUDA, the smoke shapes on CPU (the full ones would take minutes there).
-Without ``--benchmark-only`` (e.g. a bare ``pytest`` from the repository root) the benchmarks
-are skipped, so they never slow down the test suite in ``tests/``.
+Without ``--benchmark-only`` (e.g. ``make test``) the benchmarks are skipped, so they never
+slow down the test suite.
 """
 import pytest
 import torch
@@ -15,7 +15,7 @@ pytest.importorskip("pytest_benchmark")
 def pytest_collection_modifyitems(config, items):
     if config.getoption("benchmark_only", default=False):
         return
-    skip = pytest.mark.skip(reason="benchmarks run with `pytest bench/ --benchmark-only`")
+    skip = pytest.mark.skip(reason="benchmarks run with `pytest tests/benchmarks --benchmark-only`")
     for item in items:
         if "benchmark" in getattr(item, "fixturenames", ()):
             item.add_marker(skip)

@@ -18,14 +18,17 @@ def model(device):
 
 
 @pytest.mark.parametrize("frames", CFG["frames"])
-@pytest.mark.parametrize("variant", ["unpruned", "visionzip", "holitom"])
+@pytest.mark.parametrize("variant", ["unpruned", *S.METHODS])
 def test_ttft(benchmark, device, model, variant, frames):
     from stop_fast import apply_stop, remove_stop
 
     m, dtype = model
     runner = S.Runner(m, E.video_pixels(frames, m.config.vision_config.image_size, device, dtype), 0)
     if variant != "unpruned":
-        apply_stop(m, method=variant, retention_ratio=CFG["ratios"][0])
+        try:
+            apply_stop(m, method=variant, retention_ratio=CFG["ratios"][0])
+        except ValueError as exc:          # PruneVid needs the 14×14 grid of the full model
+            pytest.skip(str(exc))
     try:
         benchmark.group = f"ttft T={frames}"
         with torch.no_grad():
