@@ -18,7 +18,7 @@ FULL_TEXT = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28
                  num_attention_heads=28, num_key_value_heads=4, vocab_size=152128,
                  max_position_embeddings=32768, rope_theta=1_000_000.0)
 TINY_VISION = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                   num_attention_heads=2, patch_size=14, image_size=224)
+                   num_attention_heads=2, patch_size=14, image_size=378)   # 27×27 → 14×14 pooled, as the 7B
 TINY_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=151680, max_position_embeddings=4096)
 

@@ -104,6 +104,10 @@ def number(name: str, v, *, positive: bool = False) -> float:
         v = v.item()
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
+    if getattr(getattr(v, "dtype", None), "itemsize", 8) < 8:
+        # A NumPy float32/float16 scalar means the decimal it prints as (float32 0.1 is 0.1,
+        # not 0.10000000149…), so budget tables keyed by ratio still match.
+        v = float(str(v))
     v = float(v)
     if not math.isfinite(v):
         raise ValueError(f"{name} must be finite, got {v}")

@@ -10,7 +10,6 @@ import math
 import pytest
 import torch
 
-from stop_fast import reference
 from stop_fast.bench import main
 from stop_fast.bench.record import Case
 
@@ -60,7 +59,7 @@ def test_results_json(smoke_run):
 
     expected = {
         "kernels": True,
-        "pipelines": all(hasattr(reference, n) for n in ("visionzip_prune", "holitom_prune")),
+        "pipelines": True,
         "e2e": _integration_importable(),
     }
     assert set(doc["suites"]) == set(expected)

@@ -4,6 +4,7 @@ import math
 import torch
 
 from stop_fast import reference as R
+from stop_fast.pipelines.holitom_reference import holitom_segments
 
 
 def test_column_mean_attention_uniform_and_two_keys():
@@ -69,23 +70,23 @@ def test_segment_static_mask():
 def test_holitom_segments_dp():
     # Frames 0-1 and 2-3 are pairwise static at both locations, with a cut between 1 and 2.
     cos = torch.tensor([[0.9, 0.9], [0.1, 0.1], [0.9, 0.9]])
-    assert R.holitom_segments(cos, tau=0.8) == ([(0, 1), (2, 3)], 4)
+    assert holitom_segments(cos, tau=0.8) == ([(0, 1), (2, 3)], 4)
     # Fully static: one segment removes N·(T−1) tokens.
-    assert R.holitom_segments(torch.full((2, 2), 0.95), tau=0.8) == ([(0, 2)], 4)
+    assert holitom_segments(torch.full((2, 2), 0.95), tau=0.8) == ([(0, 2)], 4)
     # A window of 2 caps the segments: best is (0,1) then (2,) with gain 2.
-    assert R.holitom_segments(torch.full((2, 2), 0.95), tau=0.8, max_window=2) == ([(0, 1), (2, 2)], 2)
+    assert holitom_segments(torch.full((2, 2), 0.95), tau=0.8, max_window=2) == ([(0, 1), (2, 2)], 2)
     # Nothing static: one segment per frame; T = 1 works.
-    assert R.holitom_segments(torch.zeros(2, 3), tau=0.8) == ([(0, 0), (1, 1), (2, 2)], 0)
-    assert R.holitom_segments(torch.zeros(0, 3), tau=0.8) == ([(0, 0)], 0)
+    assert holitom_segments(torch.zeros(2, 3), tau=0.8) == ([(0, 0), (1, 1), (2, 2)], 0)
+    assert holitom_segments(torch.zeros(0, 3), tau=0.8) == ([(0, 0)], 0)
 
 
 def test_holitom_segments_keeps_shorter_window_on_equal_gain():
     # One location static over frames 0-2: (0,2) removes 2, more than (0,1) + (2,2).
-    assert R.holitom_segments(torch.tensor([[0.9], [0.9]]), tau=0.8) == ([(0, 2)], 2)
+    assert holitom_segments(torch.tensor([[0.9], [0.9]]), tau=0.8) == ([(0, 2)], 2)
     # Location 0 static over 0-2, location 1 over 1-2: at e = 2 the windows (1,2) and (0,2)
     # both reach 2; windows are tried from w = 2 up and only a strictly greater one wins.
     cos = torch.tensor([[0.9, 0.1], [0.9, 0.9]])
-    assert R.holitom_segments(cos, tau=0.8) == ([(0, 0), (1, 2)], 2)
+    assert holitom_segments(cos, tau=0.8) == ([(0, 0), (1, 2)], 2)
 
 
 def test_dpc_knn_two_clusters():

@@ -101,3 +101,47 @@ def test_segment_bounds_checked_on_cpu_even_without_finite_checks():
             sf.segment_static_mask(X, S, torch.tensor([[-1, 2]]), tau=0.8, mu_t=0.0)
     finally:
         sf.set_finite_checks(True)
+
+
+# ---- what a newcomer tripped over -------------------------------------------------------
+
+def test_numpy_scalars_are_accepted():
+    np = pytest.importorskip("numpy")
+    a, s = torch.rand(3, 10), torch.rand(10)
+    want = sf.penalized_topk(a, s, 2, mu_s=0.03, backend="torch")
+    got = sf.penalized_topk(a, s, np.int64(2), mu_s=np.float32(0.03), backend="torch")
+    assert torch.equal(got, want)
+    from stop_fast.pipelines import prune
+    x = torch.randn(2, 196, 8)
+    out = prune(x, torch.rand(2, 196), method="visionzip", metric=torch.randn(2, 196, 4),
+                retention_ratio=np.float32(0.1), backend="torch")
+    assert out.num_tokens == 2 * 20            # the N = 196 table's 0.1 entry, not int(196·0.1…)
+    with pytest.raises(TypeError, match="k must be an int, got float64"):
+        sf.penalized_topk(a, s, np.float64(2.0), mu_s=0.0)
+
+
+def test_meta_tensors_skip_the_finite_checks():
+    a = torch.empty(4, 8, device="meta")
+    out = sf.sink_score(a, backend="torch")
+    assert out.device.type == "meta" and out.shape == (8,)
+    q = torch.empty(2, 3, 5, 8, device="meta")
+    assert sf.column_mean_attention(q, q, backend="torch").shape == (2, 5)
+
+
+def test_column_mean_attention_is_not_differentiable():
+    q = torch.randn(1, 2, 6, 8, requires_grad=True)
+    k = torch.randn(1, 2, 6, 8, requires_grad=True)
+    out = sf.column_mean_attention(q, k, backend="torch")
+    assert not out.requires_grad and out.grad_fn is None
+
+
+def test_input_checks_context_manager_restores():
+    from stop_fast import _checks as C
+    nan = torch.full((2, 4), float("nan"))
+    assert C.finite_checks_enabled()
+    with sf.input_checks(False):
+        assert not C.finite_checks_enabled()
+        sf.sink_score(nan, backend="torch")                 # not checked: no error
+    assert C.finite_checks_enabled()
+    with pytest.raises(ValueError, match="attn contains NaN"):
+        sf.sink_score(nan, backend="torch")

@@ -40,7 +40,8 @@ class LlavaOnevision(ModelPatch):
         device = torch.device("cpu") if device.type == "meta" else device      # offloaded weights
         n = inner.apply_pooling(torch.zeros(1, grid * grid, 1, device=device)).shape[1]
         zeros = torch.zeros(2, n, 1, device=device)
-        self.pruner(zeros, zeros[..., 0], metric=zeros if self.spec.needs_metric else None)
+        self.pruner(zeros, zeros[..., 0], metric=zeros if self.spec.needs_metric else None,
+                    global_features=zeros[:, 0] if self.spec.uses_global else None)
 
     def install(self, model) -> None:
         self.model, self.inner = model, model.model

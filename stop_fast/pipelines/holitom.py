@@ -33,7 +33,11 @@ __all__ = ["Options", "holitom_fast", "pair_counts", "segments_from_counts",
 @dataclass(frozen=True)
 class Options(base.Options):
     """HoliTom settings (SPEC §6, §13). ``mu_t=None`` / ``center_penalty=None`` take 0.07 / 0.3
-    with SToP and 0 without; τ is used for both the DP and the STTP test (SPEC §6.2)."""
+    with SToP and 0 without; τ is used for both the DP and the STTP test (SPEC §6.2).
+
+    ``retention_ratio`` bounds the dynamic share, it does not mean "keep everything": at 1.0
+    static locations of a segment are still merged into one token per location (then
+    clustered to round(n_st·r′)), since temporal merging runs before any budget applies."""
 
     mu_t: float | None = None
     tau: float = 0.8
