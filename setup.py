@@ -42,9 +42,9 @@ setup(
     extras_require={
         "test": TEST,
         "flash": ["flash-attn>=2.6"],
-        "video": ["av>=12"],
+        "video": ["av>=14"],
         "plot": PLOT,
-        "dev": TEST + PLOT + ["av>=12"],
+        "dev": TEST + PLOT + ["av>=14"],
     },
     entry_points={"console_scripts": ["stop-fast=stop_fast.cli:main"]},
     classifiers=[

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,6 +37,17 @@ def default_root() -> Path:
     return here if here.is_dir() else Path.cwd() / "bench-results"
 
 
+def _unwritable(out: Path) -> str | None:
+    """Why ``out`` cannot take the results (created if missing), or None."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
 def run_suite(name: str, device: torch.device, smoke: bool) -> SuiteResult:
     mod = importlib.import_module(f"stop_fast.bench.suite_{name}")
     try:
@@ -55,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     meta = env.metadata(device, smoke=args.smoke)
     out = args.out or default_root() / env.default_slug(device, smoke=args.smoke, date=meta["date"])
+    problem = _unwritable(out)
+    if problem:   # say so now, not after the whole suite has run
+        console.print(f"[red]--out {out}: cannot write results there ({problem})[/red]")
+        return 2
 
     import stop_fast
     checks_were = stop_fast._checks.finite_checks_enabled()
@@ -70,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop_fast.set_finite_checks(checks_were)
 
-    report.print_tables(suites, console)
+    report.print_tables(suites, console, smoke=args.smoke)
     files = report.write_all(out, meta, suites)
     console.print(f"wrote {files['json']}, {files['md']} and {len(files['png'])} plots to {out}")
     failed = [f"{n}: {s.reason}" for n, s in suites.items() if s.status == "error"]

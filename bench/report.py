@@ -89,7 +89,10 @@ def _tables(suite: SuiteResult):
         yield "per implementation", detail
 
 
-def print_tables(suites: dict[str, SuiteResult], console) -> None:
+SMOKE = "smoke — timings meaningless"
+
+
+def print_tables(suites: dict[str, SuiteResult], console, smoke: bool = False) -> None:
     from rich.table import Table
 
     for name, s in suites.items():
@@ -97,7 +100,7 @@ def print_tables(suites: dict[str, SuiteResult], console) -> None:
             console.print(f"[bold]{name}[/bold]: {s.status} — {s.reason}")
             continue
         for title, (header, body) in _tables(s):
-            table = Table(title=f"{name} ({title})")
+            table = Table(title=f"{name} ({title})" + (f" [bold red]{SMOKE}[/]" if smoke else ""))
             for h in header:
                 table.add_column(h)
             for r in body:
@@ -128,8 +131,9 @@ def markdown(meta: dict, suites: dict[str, SuiteResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plots(suites: dict[str, SuiteResult], out: Path) -> list[Path]:
-    """One PNG per (suite, group): median latency vs frames, one line per implementation."""
+def plots(suites: dict[str, SuiteResult], out: Path, smoke: bool = False) -> list[Path]:
+    """One PNG per (suite, group): median latency vs frames, one line per implementation.
+    A smoke run's plots say in the title and across the axes that the timings mean nothing."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -161,7 +165,11 @@ def plots(suites: dict[str, SuiteResult], out: Path) -> list[Path]:
             ax.set_xticks(xs_all, [str(x) for x in xs_all])
             ax.set_xlabel("frames")
             ax.set_ylabel("median TTFT (ms)" if name == "e2e" else "median latency (ms)")
-            ax.set_title(f"{name}: {group}", fontsize=9)
+            ax.set_title(f"{name}: {group}" + (f"\n{SMOKE}" if smoke else ""), fontsize=9,
+                         color="red" if smoke else "black")
+            if smoke:   # tiny shapes on whatever machine: nobody should read these numbers
+                ax.text(0.5, 0.5, SMOKE, transform=ax.transAxes, ha="center", va="center", rotation=20,
+                        fontsize=16, color="red", alpha=0.35)
             ax.grid(True, which="both", alpha=0.3)
             fig.tight_layout()
             path = out / f"{name}_{slug(group)}.png"
@@ -188,5 +196,5 @@ def write_all(out: Path, meta: dict, suites: dict[str, SuiteResult]) -> dict[str
     (out / "results.json").write_text(json.dumps(_clean(doc), indent=2, allow_nan=False) + "\n",
                                       encoding="utf-8")
     (out / "results.md").write_text(markdown(meta, suites), encoding="utf-8")
-    pngs = plots(suites, out)
+    pngs = plots(suites, out, smoke=bool(meta.get("smoke")))
     return {"json": out / "results.json", "md": out / "results.md", "png": pngs}
