@@ -15,7 +15,7 @@ import torch
 
 from .. import _checks as C
 
-__all__ = ["dpc_knn", "dpc_knn_batched", "DIST_BLOCK_ELEMS"]
+__all__ = ["dpc_knn", "dpc_knn_batched", "density_scores", "DIST_BLOCK_ELEMS"]
 
 # Largest block of pairwise squared distances held at once (fp32 elements, 64 MiB).
 DIST_BLOCK_ELEMS = 16 * 2**20
@@ -54,29 +54,39 @@ def _plan(B: int, n: int, budget: int) -> tuple[int, int]:
     return sets, rows
 
 
-def dpc_knn_batched(x: torch.Tensor, counts: torch.Tensor, n_centers: torch.Tensor,
-                    max_centers: int, k: torch.Tensor, max_k: int,
-                    penalty: torch.Tensor | None = None, block: int = DIST_BLOCK_ELEMS,
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """DPC-KNN of B padded token sets at once, without host synchronization.
-
-    x (B, n, D): set b is x[b, :counts[b]] (rows beyond are padding and ignored).
-    counts, n_centers, k: (B,) int64 on x's device with 1 <= k[b] <= n_centers[b] <= counts[b]
-    (or all three 0 for an unused set); ``max_centers``/``max_k`` are host ints bounding them.
-    penalty: None or (B, n). Returns (centers (B, max_centers) int64: the set's centres in
-    ascending order, then n as padding; assign (B, n) int64 index into the centre row, 0 on
-    padding rows).
-    """
-    B, n, D = x.shape
-    dev = x.device
-    col = torch.arange(n, device=dev)
-    valid = col < counts[:, None]                                     # (B, n)
+def _centred(x: torch.Tensor, counts: torch.Tensor):
+    """(valid (B, n), xc (B, n, D) fp32 centred on each set's mean, zero on padding, |xc|²)."""
+    n = x.shape[1]
+    valid = torch.arange(n, device=x.device) < counts[:, None]
     xf = x.float()
     # Centring each set on its mean leaves distances unchanged and makes the Gram form
     # |a|² + |b|² − 2ab lose far fewer digits to cancellation.
     mean = (xf * valid[..., None]).sum(1) / counts.clamp(min=1)[:, None].float()
     xc = (xf - mean[:, None]) * valid[..., None]
-    sq = xc.square().sum(-1)                                           # (B, n)
+    return valid, xc, xc.square().sum(-1)
+
+
+def density_scores(x: torch.Tensor, counts: torch.Tensor, k: torch.Tensor, max_k: int,
+                   block: int = DIST_BLOCK_ELEMS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Density ρ and distance-to-denser δ (SPEC §8) of B padded token sets, no host sync.
+
+    x (B, n, D): set b is x[b, :counts[b]]; k (B,) int64 with 1 <= k[b] <= counts[b] (or 0
+    for an unused set), ``max_k`` a host int >= every k. Token j is denser than i if
+    ρ_j > ρ_i, or equal and j < i; δ is the set's largest distance when none is denser.
+    Returns (rho (B, n) fp32, delta (B, n) fp32); padding entries are unspecified.
+    """
+    valid, xc, sq = _centred(x, counts)
+    mean_sq, delta = _density(xc, sq, valid, k, max_k, block)
+    return torch.exp(-mean_sq), delta
+
+
+def _density(xc, sq, valid, k, max_k, block, log_domain=False):
+    """(mean squared distance to the k nearest, δ). Denser = larger exp(−mean_sq) in fp32, as
+    the reference's ρ; ``log_domain`` compares −mean_sq itself, the same order without the
+    underflow of exp for far-apart tokens (every ρ 0 in fp32 would make all of them tie)."""
+    B, n, D = xc.shape
+    dev = xc.device
+    col = torch.arange(n, device=dev)
     inv_d = 1.0 / D
     sets, rows = _plan(B, n, block)
     blocks = [(b0, min(B, b0 + sets), r0, min(n, r0 + rows))
@@ -94,7 +104,7 @@ def dpc_knn_batched(x: torch.Tensor, counts: torch.Tensor, n_centers: torch.Tens
     # Pass 1: density from the k nearest (k varies per set: mask the first max_k) and the
     # largest distance of each set.
     cache = {}
-    rho = torch.empty(B, n, device=dev)
+    mean_sq = torch.empty(B, n, device=dev)
     dmax2 = torch.zeros(B, device=dev)
     kk = torch.arange(max_k, device=dev)
     for b0, b1, r0, r1 in blocks:
@@ -103,12 +113,13 @@ def dpc_knn_batched(x: torch.Tensor, counts: torch.Tensor, n_centers: torch.Tens
             cache["g"] = g
         near = g.topk(max_k, dim=-1, largest=False).values            # ascending
         use = kk < k[b0:b1, None, None]
-        mean_sq = torch.where(use, near, 0.0).sum(-1) / k[b0:b1, None].clamp(min=1).float()
-        rho[b0:b1, r0:r1] = torch.exp(-mean_sq)
+        mean_sq[b0:b1, r0:r1] = (torch.where(use, near, 0.0).sum(-1)
+                                 / k[b0:b1, None].clamp(min=1).float())
         finite = g.masked_fill(~valid[b0:b1, r0:r1, None] | torch.isinf(g), 0.0)
         dmax2[b0:b1] = torch.maximum(dmax2[b0:b1], finite.amax(dim=(1, 2)))
 
     # Pass 2: δ = distance to the nearest token of higher density (ties: lower index is higher).
+    rho = -mean_sq if log_domain else torch.exp(-mean_sq)
     delta = torch.empty(B, n, device=dev)
     for b0, b1, r0, r1 in blocks:
         g = cache["g"] if cache else d2_block(b0, b1, r0, r1)
@@ -118,16 +129,46 @@ def dpc_knn_batched(x: torch.Tensor, counts: torch.Tensor, n_centers: torch.Tens
         near2 = g.masked_fill(~higher, math.inf).amin(-1)
         delta[b0:b1, r0:r1] = torch.where(torch.isinf(near2), dmax2[b0:b1, None], near2).sqrt()
     cache.clear()
+    return mean_sq, delta
 
-    score = rho * delta
+
+def dpc_knn_batched(x: torch.Tensor, counts: torch.Tensor, n_centers: torch.Tensor,
+                    max_centers: int, k: torch.Tensor, max_k: int,
+                    penalty: torch.Tensor | None = None, block: int = DIST_BLOCK_ELEMS,
+                    by_score: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """DPC-KNN of B padded token sets at once, without host synchronization.
+
+    x (B, n, D): set b is x[b, :counts[b]] (rows beyond are padding and ignored).
+    counts, n_centers, k: (B,) int64 on x's device with 1 <= k[b], n_centers[b] <= counts[b]
+    (or all three 0 for an unused set); ``max_centers``/``max_k`` are host ints bounding them.
+    penalty: None or (B, n). Returns (centers (B, max_centers) int64: the set's centres in
+    ascending order — or, with ``by_score``, by descending centre score (ties: lower index) —
+    then n as padding; assign (B, n) int64 index into the centre row, 0 on padding rows).
+    Assignment ties go to the earlier entry of the centre row. ``by_score`` (FlashVid,
+    PruneVid; no penalty) ranks ρ·δ by its logarithm −mean_sq + log δ: the same order, but
+    tree-merged sums and raw LLM-width features are far enough apart that ρ underflows fp32.
+    """
+    B, n, D = x.shape
+    valid, xc, sq = _centred(x, counts)
+    if by_score:
+        if penalty is not None:
+            raise ValueError("by_score ranks in the log domain and takes no penalty")
+        mean_sq, delta = _density(xc, sq, valid, k, max_k, block, log_domain=True)
+        score = delta.log() - mean_sq
+    else:
+        mean_sq, delta = _density(xc, sq, valid, k, max_k, block)
+        score = torch.exp(-mean_sq) * delta
     if penalty is not None:
         score = score - penalty.float()
     score = score.masked_fill(~valid, -math.inf)
     order = torch.sort(score, dim=1, descending=True, stable=True).indices[:, :max_centers]
-    ranks = torch.arange(max_centers, device=dev)
+    ranks = torch.arange(max_centers, device=x.device)
     cvalid = ranks < n_centers[:, None]
-    centers = torch.where(cvalid, order, n).sort(dim=1).values          # ascending, n = padding
-    return centers, _assign(xc, sq, centers, cvalid, inv_d, sets, rows)
+    centers = torch.where(cvalid, order, n)                            # n = padding
+    if not by_score:
+        centers = centers.sort(dim=1).values
+    sets, rows = _plan(B, n, block)
+    return centers, _assign(xc, sq, centers, cvalid, 1.0 / D, sets, rows)
 
 
 def _assign(xc, sq, centers, cvalid, inv_d, sets, rows):

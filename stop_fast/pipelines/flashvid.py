@@ -1,0 +1,200 @@
+"""FlashVid + SToP (SPEC §10): segments, ADTS diversity picks, tree merge, spatial DPC-kNN.
+
+Device work runs over all frames and segments at once. Two host transfers per video: the
+T − 1 frame-mean cosines, from which the segment layout is cut on the host (every later
+shape follows from it), and, at the end, the number of merged tokens, which is data-dependent.
+The temporal and spatial merges are in :mod:`._flashvid_merge`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from .. import _checks as C
+from . import base
+from .base import KIND_DIVERSE, KIND_MERGED, SINK_EPS, Selection
+from ._flashvid_merge import spatial_merge, temporal_merge
+
+__all__ = ["Options", "flashvid_fast", "flashvid_budget", "cut_segments", "SegmentLayout"]
+
+
+@dataclass(frozen=True)
+class Options(base.Options):
+    """FlashVid settings (SPEC §10, defaults §13). ``sink_scope``: "segment" recomputes the
+    sink score per segment (as published), "video" uses the video-level score of §3."""
+
+    expansion: float = 1.25
+    adts_share: float = 0.7
+    tau_seg: float = 0.9
+    min_segments: int = 8
+    merge_threshold: float = 0.8
+    max_k: int = 7
+    sink_scope: str = "segment"
+
+    method: ClassVar[str] = "flashvid"
+    default_mu_s: ClassVar[float] = 0.02
+
+    def _check_fields(self) -> None:
+        C.number("expansion", self.expansion, positive=True)
+        share = C.number("adts_share", self.adts_share)
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"adts_share must be in [0, 1], got {share}")
+        C.number("tau_seg", self.tau_seg)
+        C.integer("min_segments", self.min_segments, 1, 2**31)
+        theta = C.number("merge_threshold", self.merge_threshold)
+        # θ ≤ −1 would merge tokens that have no match (σ* = −1); θ ≥ 1 merges nothing, and
+        # the published code then divides by zero in step e.
+        if not -1.0 < theta < 1.0:
+            raise ValueError(f"merge_threshold must be in (-1, 1), got {theta}")
+        C.integer("max_k", self.max_k, 1, 2**31)
+        if self.sink_scope not in ("segment", "video"):
+            raise ValueError(f"sink_scope must be 'segment' or 'video', got {self.sink_scope!r}")
+
+    def check_video(self, T: int, N: int, D: int) -> None:
+        B, n_a, _ = flashvid_budget(N, self)
+        if n_a > N:
+            raise ValueError(f"flashvid: ADTS would pick n_A = ceil(adts_share·B) = {n_a} distinct "
+                             f"tokens of a frame with N = {N} (B = ceil(N·r·expansion) = {B}); "
+                             "lower retention_ratio, expansion or adts_share")
+
+
+def flashvid_budget(N: int, opts: Options) -> tuple[int, int, int]:
+    """SPEC §10.1: (B, n_A, n_M) per frame, float64 with N·r·E evaluated as (N·r)·E."""
+    B = math.ceil(N * opts.retention_ratio * opts.expansion)
+    n_a = math.ceil(opts.adts_share * B)
+    return B, n_a, B - n_a
+
+
+def cut_segments(sigma: list[float], tau_seg: float, min_segments: int) -> list[tuple[int, int]]:
+    """SPEC §10.2 on host floats: cuts where σ_t < τ_seg, completed to min_segments − 1 cuts
+    by the smallest σ among the other transitions (ties: lower t); segments as §9 step 2."""
+    T = len(sigma) + 1
+    cuts = [t for t, s in enumerate(sigma) if s < tau_seg]
+    need = min_segments - 1 - len(cuts)
+    if need > 0:
+        rest = sorted((s, t) for t, s in enumerate(sigma) if not s < tau_seg)
+        cuts += [t for _, t in rest[:need]]
+    segs, b = [], 0
+    for t in sorted(cuts):
+        segs.append((b, t))
+        b = t + 1
+    segs.append((b, T - 1))
+    return segs
+
+
+class SegmentLayout:
+    """Frame ↔ segment index tensors built once from the host segment list."""
+
+    def __init__(self, segs: list[tuple[int, int]], device):
+        self.segs = segs
+        self.lengths = [e - b + 1 for b, e in segs]
+        self.max_len = max(self.lengths)
+        seg_of = [s for s, (b, e) in enumerate(segs) for _ in range(b, e + 1)]
+        offset = [t - b for b, e in segs for t in range(b, e + 1)]
+        T = len(seg_of)
+        self.T = T
+        self.seg_of = torch.tensor(seg_of, device=device)
+        self.offset = torch.tensor(offset, device=device)
+        self.len_t = torch.tensor([self.lengths[s] for s in seg_of], device=device)   # (T,)
+        self.length = torch.tensor(self.lengths, device=device)                        # (S,)
+        # (S, max_len) frame of each segment offset, T (a padding row) past the segment's end.
+        self.frames = torch.tensor([[b + o if b + o <= e else T for o in range(self.max_len)]
+                                    for b, e in segs], device=device)
+        # Frames at each offset o ≥ 1 (one per segment that long), for the reverse scan.
+        self.at_offset = [torch.tensor([b + o for b, e in segs if b + o <= e], device=device)
+                          for o in range(self.max_len)]
+
+    def seg_sum(self, v: torch.Tensor) -> torch.Tensor:
+        """(T, …) → (S, …): sum over each segment's frames."""
+        out = v.new_zeros((len(self.segs),) + tuple(v.shape[1:]))
+        return out.index_add_(0, self.seg_of, v)
+
+
+def segment_sink(a: torch.Tensor, lay: SegmentLayout, gamma: float) -> torch.Tensor:
+    """SPEC §10.3a: (S, N) minmax(m^γ) of each segment's mean attention (§3 with ε)."""
+    m = lay.seg_sum(a) / lay.length[:, None]
+    p = m.pow(gamma)
+    lo, hi = p.amin(1, keepdim=True), p.amax(1, keepdim=True)
+    return (p - lo) / (hi - lo + SINK_EPS)
+
+
+def adts(x: torch.Tensor, xn: torch.Tensor, w: torch.Tensor, n_a: int) -> torch.Tensor:
+    """SPEC §10.3b for all frames at once: (T, n_A) picks in pick order.
+
+    Δ[t, i, j] = (1 − cos) · w[t, j] is built once; each greedy step updates a running
+    column minimum over the picks, so a step costs O(N) per frame. Picked columns are
+    excluded (note 3). argmax returns the first maximum: ties go to the lower j.
+    """
+    T, N, _ = x.shape
+    cos = torch.bmm(xn, xn.transpose(1, 2))
+    cos.diagonal(dim1=1, dim2=2).fill_(1.0)          # a token is at distance exactly 0 from itself
+    delta = (1.0 - cos).mul_(w[:, None, :])
+    rows = torch.arange(T, device=x.device)
+    picks = torch.empty(T, n_a, dtype=torch.int64, device=x.device)
+    if n_a == 0:
+        return picks
+    # First pick: largest second-smallest column entry (with multiplicity; N = 1: the only one).
+    second = delta.topk(min(2, N), dim=1, largest=False).values[:, -1, :]
+    j = second.argmax(1)
+    picks[:, 0] = j
+    taken = torch.zeros(T, N, dtype=torch.bool, device=x.device)
+    taken[rows, j] = True
+    colmin = delta[rows, j]
+    for step in range(1, n_a):                        # greedy steps, all frames at once
+        j = colmin.masked_fill(taken, -math.inf).argmax(1)
+        picks[:, step] = j
+        taken[rows, j] = True
+        colmin = torch.minimum(colmin, delta[rows, j])
+    return picks
+
+
+def flashvid_fast(video: base.Video, opts: Options) -> Selection:
+    x, a = video.features, video.attention
+    T, N, D = x.shape
+    dev = x.device
+    B, n_a, n_m = flashvid_budget(N, opts)
+    xf = x.float()
+    xn = F.normalize(xf, dim=-1)
+
+    # 2. Segmentation: the one host transfer for the layout (T − 1 floats).
+    f = F.normalize(xf.mean(1), dim=-1)
+    segs = cut_segments((f[:-1] * f[1:]).sum(-1).tolist(), opts.tau_seg, opts.min_segments)
+    lay = SegmentLayout(segs, dev)
+
+    # 3a. STSP with the segment's (or the video's) sink score; none for a one-frame video.
+    af = a.float()
+    if opts.mu_s != 0 and T > 1:
+        s = segment_sink(af, lay, opts.gamma)[lay.seg_of] if opts.sink_scope == "segment" \
+            else video.sink.float()[None]
+        af = af - opts.mu_s * s
+
+    # 3b. ADTS: w = ã · ⟨x, ḡ⟩ with ḡ the segment's mean token.
+    gbar = lay.seg_sum(xf.sum(1)) / (lay.length[:, None] * N)
+    w = af * torch.einsum("tnd,td->tn", xf, gbar[lay.seg_of])
+    picks = adts(xf, xn, w, n_a).sort(dim=1).values
+    free = torch.ones(T, N, dtype=torch.bool, device=dev)
+    free[torch.arange(T, device=dev)[:, None], picks] = False
+
+    frames = torch.arange(T, device=dev)
+    keys = [(frames[:, None] * N + picks).reshape(-1) * 2]           # ADTS sort first at a tie
+    toks = [x[frames[:, None], picks].reshape(-1, D)]
+    kinds = [torch.full((T * n_a,), KIND_DIVERSE, dtype=torch.int8, device=dev)]
+    if n_m > 0:
+        # 3d–e. Temporal tree merge, then per-frame spatial DPC-kNN (or pass-through).
+        values, pool = temporal_merge(xf, xn, free, lay, B, opts.merge_threshold)
+        m_tok, m_loc, m_ok = spatial_merge(values, pool, lay, n_m, opts.max_k)
+        # Data-dependent count of merged tokens: the second host transfer.
+        t_idx = frames[:, None].expand(T, N)[m_ok]
+        keys.append((t_idx * N + m_loc[m_ok]) * 2 + 1)
+        toks.append(m_tok[m_ok].to(x.dtype))
+        kinds.append(torch.full_like(t_idx, KIND_MERGED, dtype=torch.int8))
+    key = torch.cat(keys)
+    order = key.argsort()                    # keys are unique, so the order is the stable one
+    key = key[order] // 2
+    positions = torch.stack([key // N, key % N], dim=1)
+    return Selection(torch.cat(toks)[order], positions, torch.cat(kinds)[order], segments=segs,
+                     extras={"budget": (B, n_a, n_m)})
