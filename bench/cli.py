@@ -73,18 +73,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     import stop_fast
-    checks_were = stop_fast._checks.finite_checks_enabled()
-    stop_fast.set_finite_checks(False)      # timing the ops, not the input validation syncs
     meta["finite_checks"] = False
     suites: dict[str, SuiteResult] = {}
-    try:
+    with stop_fast.input_checks(False):      # timing the ops, not the input validation syncs
         for name in SUITES if args.suite == "all" else (args.suite,):
             t0 = time.perf_counter()
             console.print(f"[bold]suite {name}[/bold] on {meta['device_name']} …")
             suites[name] = run_suite(name, device, args.smoke)
             suites[name].notes.append(f"suite wall time {time.perf_counter() - t0:.1f} s")
-    finally:
-        stop_fast.set_finite_checks(checks_were)
 
     report.print_tables(suites, console, smoke=args.smoke)
     files = report.write_all(out, meta, suites)

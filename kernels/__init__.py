@@ -4,7 +4,8 @@ Each function takes the already-validated, positional arguments of the internal 
 signature (see :mod:`stop_fast.dispatch`) and runs on CUDA tensors, or on CPU tensors
 under Triton's interpreter (``TRITON_INTERPRET=1`` set before triton is imported). Each
 is also registered as a ``torch.library`` custom op ``stop_fast::<name>`` with a fake
-implementation, which is what torch.compile traces.
+implementation (:func:`._op.kernel_op`): eager calls run the launcher directly, while
+torch.compile / export trace the op as one opaque node.
 """
 from .column_mean_attention import column_mean_attention
 from .penalized_topk import gather_topk, penalized_topk

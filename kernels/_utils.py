@@ -1,23 +1,21 @@
 """Small helpers shared by the kernel launchers."""
 import functools
-import os
 
 import torch
 
-# Triton's interpreter (CPU) is selected by this variable before triton is imported.
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0", "false", "False")
+# Absolute, not `from .._env`: run from a source checkout, `kernels/` is also importable as a
+# top-level package (transformers probes `import kernels` for the Hugging Face package of that
+# name), and a relative import beyond it would make that probe raise.
+from stop_fast._env import triton_interpret
+
+# Fixed at import, as Triton decides interpreter vs compiler when the kernels are decorated.
+INTERPRET = triton_interpret()
 
 LOG2E = 1.4426950408889634
 
 
 def next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
-
-
-def is_compiling() -> bool:
-    """True while torch.compile / torch.export trace: launchers then go through the custom op."""
-    check = getattr(getattr(torch, "compiler", None), "is_compiling", None)
-    return bool(check is not None and check())
 
 
 @functools.lru_cache(maxsize=None)

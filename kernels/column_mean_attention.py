@@ -30,7 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import INTERPRET, LOG2E, is_compiling, next_pow2, sm_count
+from ._op import kernel_op
+from ._utils import INTERPRET, LOG2E, next_pow2, sm_count
 
 
 def head_blocks(d: int) -> tuple[int, int]:
@@ -215,24 +216,13 @@ def launch(q: torch.Tensor, k: torch.Tensor, scale: float, lse: Optional[torch.T
     return out.sum(0) if S > 1 else out   # fixed-order sum: deterministic
 
 
-@torch.library.custom_op("stop_fast::column_mean_attention", mutates_args=(),
-                         schema="(Tensor q, Tensor k, float scale, Tensor? lse) -> Tensor")
-def _op(q, k, scale, lse):
-    return launch(q, k, scale, lse)
-
-
-@_op.register_fake
-def _(q, k, scale, lse):
+def _fake(q, k, scale, lse=None):
     return q.new_empty((q.shape[0], k.shape[2]), dtype=torch.float32)
 
 
+@kernel_op("column_mean_attention",
+           "(Tensor q, Tensor k, float scale, Tensor? lse=None) -> Tensor", fake=_fake)
 def column_mean_attention(q: torch.Tensor, k: torch.Tensor, scale: float,
                           lse: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """(B, Nk) float32 column mean of softmax(q kᵀ·scale); see the module docstring.
-
-    Eager calls launch directly (no custom-op dispatch overhead); under torch.compile the
-    call is the opaque ``stop_fast::column_mean_attention`` op.
-    """
-    if is_compiling():
-        return _op(q, k, scale, lse)
+    """(B, Nk) float32 column mean of softmax(q kᵀ·scale); see the module docstring."""
     return launch(q, k, scale, lse)

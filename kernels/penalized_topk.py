@@ -18,7 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import INTERPRET, is_compiling
+from ._op import kernel_op
+from ._utils import INTERPRET
 
 # Larger blocks under the interpreter, whose cost is per block operation, not per element.
 BLOCK_I = 128 if INTERPRET else 32
@@ -93,40 +94,25 @@ def launch(attn: torch.Tensor, sink: torch.Tensor, k: int, mu_s: float,
     return (idx, tok) if gather else idx
 
 
-@torch.library.custom_op("stop_fast::penalized_topk", mutates_args=(),
-                         schema="(Tensor attn, Tensor sink, int k, float mu_s) -> Tensor")
-def _topk_op(attn, sink, k, mu_s):
-    return launch(attn, sink, k, mu_s)
-
-
-@_topk_op.register_fake
-def _(attn, sink, k, mu_s):
+def _topk_fake(attn, sink, k, mu_s):
     return attn.new_empty((attn.shape[0], k), dtype=torch.int64)
 
 
-@torch.library.custom_op("stop_fast::gather_topk", mutates_args=(),
-                         schema="(Tensor attn, Tensor sink, int k, Tensor features, float mu_s)"
-                                " -> (Tensor, Tensor)")
-def _gather_op(attn, sink, k, features, mu_s):
-    return launch(attn, sink, k, mu_s, features)
-
-
-@_gather_op.register_fake
-def _(attn, sink, k, features, mu_s):
+def _gather_fake(attn, sink, k, features, mu_s):
     T, _, D = features.shape
-    return (attn.new_empty((T, k), dtype=torch.int64), features.new_empty((T, k, D)))
+    return attn.new_empty((T, k), dtype=torch.int64), features.new_empty((T, k, D))
 
 
+@kernel_op("penalized_topk", "(Tensor attn, Tensor sink, int k, float mu_s) -> Tensor",
+           fake=_topk_fake)
 def penalized_topk(attn: torch.Tensor, sink: torch.Tensor, k: int, mu_s: float) -> torch.Tensor:
     """(T, k) int64 top-k of attn − mu_s·sink per frame; see the module docstring."""
-    if is_compiling():
-        return _topk_op(attn, sink, k, mu_s)
     return launch(attn, sink, k, mu_s)
 
 
+@kernel_op("gather_topk", "(Tensor attn, Tensor sink, int k, Tensor features, float mu_s)"
+                          " -> (Tensor, Tensor)", fake=_gather_fake)
 def gather_topk(attn: torch.Tensor, sink: torch.Tensor, k: int, features: torch.Tensor,
                 mu_s: float) -> tuple:
     """(idx (T, k) int64, tokens (T, k, D)): `penalized_topk` fused with the row gather."""
-    if is_compiling():
-        return _gather_op(attn, sink, k, features, mu_s)
     return launch(attn, sink, k, mu_s, features)

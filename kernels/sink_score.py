@@ -5,13 +5,19 @@
 Shapes and dtypes: attn (T, N) float32 / float16 / bfloat16, any strides, T ≥ 1, any N
 → (N,) float32. A single program sweeps N in blocks twice (min/max, then normalize),
 recomputing the frame means instead of re-reading its own stores, so no intra-kernel
-memory ordering is needed. fp32 accumulation; constant input gives exact zeros.
+memory ordering is needed. The frame sums accumulate in fp64, like the torch backend's
+mean: sums of fp32 values within a factor ~2^(29 − log₂T) of each other are then exact, so
+m, rounded once to fp32, does not depend on the frame order (in fp32 it would, and a tiny
+max − min magnifies that into the scores). The price is 2·T·N fp64 conversions and adds on
+one SM, which sm_86 runs at 1/64 of its fp32 rate (a one-off per video, not a hot loop).
+pow and the normalization are fp32. Constant input gives exact zeros.
 """
 import torch
 import triton
 import triton.language as tl
 
-from ._utils import INTERPRET, is_compiling
+from ._op import kernel_op
+from ._utils import INTERPRET
 
 BLOCK_T = 16
 BLOCK_N = 256
@@ -19,14 +25,14 @@ BLOCK_N = 256
 
 @triton.jit
 def _powered_mean(attn, offs, T, N, s_t, s_n, gamma, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr):
-    acc = tl.zeros([BLOCK_N], tl.float32)
+    acc = tl.zeros([BLOCK_N], tl.float64)
     for t0 in range(0, T, BLOCK_T):
         rows = t0 + tl.arange(0, BLOCK_T)
         x = tl.load(attn + rows[:, None] * s_t + offs[None, :] * s_n,
                     mask=(rows[:, None] < T) & (offs[None, :] < N), other=0.0)
-        acc += tl.sum(x.to(tl.float32), 0)
+        acc += tl.sum(x.to(tl.float64), 0)
     # m^γ as exp2(γ·log2 m), with 0^γ = 0 (γ > 0) and NaN for a negative mean, like torch.pow.
-    m = acc / T
+    m = (acc / T).to(tl.float32)
     p = tl.exp2(gamma * tl.log2(tl.where(m > 0, m, 1.0)))
     return tl.where(m > 0, p, tl.where(m == 0, 0.0, float("nan")))
 
@@ -59,19 +65,11 @@ def launch(attn: torch.Tensor, gamma: float, eps: float) -> torch.Tensor:
     return out
 
 
-@torch.library.custom_op("stop_fast::sink_score", mutates_args=(),
-                         schema="(Tensor attn, float gamma, float eps) -> Tensor")
-def _op(attn, gamma, eps):
-    return launch(attn, gamma, eps)
-
-
-@_op.register_fake
-def _(attn, gamma, eps):
+def _fake(attn, gamma, eps):
     return attn.new_empty((attn.shape[1],), dtype=torch.float32)
 
 
+@kernel_op("sink_score", "(Tensor attn, float gamma, float eps) -> Tensor", fake=_fake)
 def sink_score(attn: torch.Tensor, gamma: float, eps: float) -> torch.Tensor:
     """(N,) float32 sink score of attn (T, N); see the module docstring."""
-    if is_compiling():
-        return _op(attn, gamma, eps)
     return launch(attn, gamma, eps)

@@ -25,7 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import INTERPRET, is_compiling
+from ._op import kernel_op
+from ._utils import INTERPRET
 
 # Larger blocks under the interpreter, whose cost is per block operation, not per element.
 BLOCK_L = 32 if INTERPRET else 8             # locations per partials program
@@ -157,53 +158,35 @@ def launch_segment(x, sink, bounds, tau, mu_t):
     return _finalize(x, sink, bounds.long(), tau, mu_t, MODE_SEGMENT, out)
 
 
-@torch.library.custom_op("stop_fast::adjacent_cosine", mutates_args=(),
-                         schema="(Tensor x) -> Tensor")
-def _cos_op(x):
-    return launch_cosine(x)
-
-
-@_cos_op.register_fake
-def _(x):
+def _cosine_fake(x):
     return x.new_empty((x.shape[0] - 1, x.shape[1]), dtype=torch.float32)
 
 
-@torch.library.custom_op("stop_fast::static_mask", mutates_args=(),
-                         schema="(Tensor x, Tensor sink, float tau, float mu_t) -> Tensor")
-def _static_op(x, sink, tau, mu_t):
-    return launch_static(x, sink, tau, mu_t)
-
-
-@_static_op.register_fake
-def _(x, sink, tau, mu_t):
+def _static_fake(x, sink, tau, mu_t):
     return x.new_empty((x.shape[0] - 1, x.shape[1]), dtype=torch.bool)
 
 
-@torch.library.custom_op("stop_fast::segment_static_mask", mutates_args=(),
-                         schema="(Tensor x, Tensor sink, Tensor bounds, float tau, float mu_t)"
-                                " -> Tensor")
-def _segment_op(x, sink, bounds, tau, mu_t):
-    return launch_segment(x, sink, bounds, tau, mu_t)
-
-
-@_segment_op.register_fake
-def _(x, sink, bounds, tau, mu_t):
+def _segment_fake(x, sink, bounds, tau, mu_t):
     return x.new_empty((bounds.shape[0], x.shape[1]), dtype=torch.bool)
 
 
+@kernel_op("adjacent_cosine", "(Tensor x) -> Tensor", fake=_cosine_fake)
 def adjacent_cosine(x: torch.Tensor) -> torch.Tensor:
     """(T−1, N) float32 cosine of each location with itself in the next frame."""
-    return _cos_op(x) if is_compiling() else launch_cosine(x)
+    return launch_cosine(x)
 
 
+@kernel_op("static_mask", "(Tensor x, Tensor sink, float tau, float mu_t) -> Tensor",
+           fake=_static_fake)
 def static_mask(x: torch.Tensor, sink: torch.Tensor, tau: float, mu_t: float) -> torch.Tensor:
     """(T−1, N) bool: adjacent cosine + mu_t·sink > tau."""
-    return _static_op(x, sink, tau, mu_t) if is_compiling() else launch_static(x, sink, tau, mu_t)
+    return launch_static(x, sink, tau, mu_t)
 
 
+@kernel_op("segment_static_mask",
+           "(Tensor x, Tensor sink, Tensor bounds, float tau, float mu_t) -> Tensor",
+           fake=_segment_fake)
 def segment_static_mask(x: torch.Tensor, sink: torch.Tensor, bounds: torch.Tensor, tau: float,
                         mu_t: float) -> torch.Tensor:
     """(S, N) bool: locations static at every step of each segment [b, e] (b = e: False)."""
-    if is_compiling():
-        return _segment_op(x, sink, bounds, tau, mu_t)
     return launch_segment(x, sink, bounds, tau, mu_t)

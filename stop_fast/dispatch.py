@@ -4,23 +4,26 @@ Backends are modules exposing the same function names with the same (validated, 
 signatures: ``reference`` (float64 loops), ``torch`` (vectorized, memory-bounded) and
 ``triton`` (the fused kernels in :mod:`stop_fast.kernels`). ``auto`` picks Triton for CUDA
 tensors when it imports, otherwise torch.
+
+:func:`get` runs inside torch.compile traces, so it never imports there: the reference and
+torch backends are imported with this module (both are cheap), the kernels (importing triton
+is not) on first use in eager mode, or up front where they can run.
 """
 from __future__ import annotations
 
 import importlib
-import os
 from types import ModuleType
 
 import torch
 
+from . import reference, torch_backend
+from ._env import triton_interpret
+
 BACKENDS = ("auto", "reference", "torch", "triton")
+_MODULES = {"reference": reference, "torch": torch_backend}
 
 _triton_error: str | None = None
 _kernels: ModuleType | None = None
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0", "false", "False")
 
 
 def _load_kernels() -> ModuleType | None:
@@ -36,7 +39,7 @@ def _load_kernels() -> ModuleType | None:
 
 def triton_usable(device: torch.device) -> tuple[bool, str]:
     """Whether the Triton backend can run on ``device``, and if not, why."""
-    if device.type == "cpu" and not _interpreting():
+    if device.type == "cpu" and not triton_interpret():
         return False, ("Triton kernels need a CUDA tensor, or TRITON_INTERPRET=1 set before "
                        "triton is imported to run them on CPU through Triton's interpreter")
     if device.type not in ("cpu", "cuda"):
@@ -62,12 +65,7 @@ def resolve(backend: str, device: torch.device) -> str:
 def get(op: str, backend: str, device: torch.device):
     """The implementation of ``op`` for ``backend`` on ``device``."""
     name = resolve(backend, device)
-    if name == "reference":
-        module = importlib.import_module("stop_fast.reference")
-    elif name == "torch":
-        module = importlib.import_module("stop_fast.torch_backend")
-    else:
-        module = _load_kernels()
+    module = _MODULES[name] if name in _MODULES else _load_kernels()
     fn = getattr(module, op, None)
     if fn is None:
         raise RuntimeError(f"backend={name!r} has no implementation of {op!r}")
@@ -75,6 +73,6 @@ def get(op: str, backend: str, device: torch.device):
 
 
 # Import the kernels up front where they can run, so that the first call inside torch.compile
-# does not trace an import (the import itself is lazy elsewhere: importing triton is not free).
-if torch.cuda.is_available() or _interpreting():
+# finds them imported.
+if torch.cuda.is_available() or triton_interpret():
     _load_kernels()

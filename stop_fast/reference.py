@@ -99,12 +99,15 @@ def segment_static_mask(x: torch.Tensor, sink: torch.Tensor, bounds: torch.Tenso
     bounds (S, 2) int64 rows [b, e] with 0 <= b <= e < T. A length-1 segment (b == e) has
     no static location. Returns (S, N) bool.
     """
-    st = static_mask(x, sink, tau, mu_t)
-    out = torch.zeros(bounds.shape[0], x.shape[1], dtype=torch.bool)
-    for s, (b, e) in enumerate(bounds.tolist()):
-        if e > b:
-            out[s] = st[b:e].all(dim=0)
-    return out.to(x.device)
+    st = static_mask(x, sink, tau, mu_t)                                # (T−1, N)
+    step = torch.arange(st.shape[0], device=st.device)[:, None]
+    out = torch.zeros(bounds.shape[0], x.shape[1], dtype=torch.bool, device=x.device)
+    for s in range(bounds.shape[0]):
+        b, e = bounds[s, 0], bounds[s, 1]
+        # static at every step t = b … e−1 (steps outside [b, e) do not count); b = e: none.
+        # Tensor bounds, no .tolist(): the literal loop also traces under torch.compile.
+        out[s] = (st | (step < b) | (step >= e)).all(dim=0) & (e > b)
+    return out
 
 
 def dpc_knn(x: torch.Tensor, n_centers: int, k: int, penalty: torch.Tensor | None = None,

@@ -47,10 +47,12 @@ def column_mean_attention(q: torch.Tensor, k: torch.Tensor, scale: float,
 
 
 def sink_score(attn: torch.Tensor, gamma: float, eps: float) -> torch.Tensor:
-    m = attn.float().mean(dim=0)
-    # pow in fp64 on the (N,) means: vectorized and scalar fp32 pow can differ by an ulp, which
-    # ε = 1e-12 would blow up into a spurious 1 on constant input.
-    p = m.double().pow(gamma)
+    # Frame mean accumulated in fp64 (no fp32 copy of attn): fp32 sums depend on the frame
+    # order, and min-max normalization over a tiny range magnifies that noise.
+    m = attn.mean(dim=0, dtype=torch.float64)
+    # pow in fp64 too: vectorized and scalar fp32 pow can differ by an ulp, which ε = 1e-12
+    # would blow up into a spurious 1 on constant input.
+    p = m.pow(gamma)
     lo, hi = p.amin(), p.amax()
     s = (p - lo) / (hi - lo + eps)
     return torch.where(m.amax() == m.amin(), torch.zeros_like(s), s).float()

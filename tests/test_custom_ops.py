@@ -72,6 +72,36 @@ def test_op_equals_launcher(name, device):
             assert torch.equal(a, b)
 
 
+def _dispatched_ops(fn):
+    with torch.profiler.profile() as prof:
+        fn()
+    return {e.name for e in prof.events() if e.name.startswith("stop_fast::")}
+
+
+@pytest.mark.parametrize("name", OP_NAMES)
+def test_eager_calls_skip_the_dispatcher(name, device):
+    # kernel_op: an eager call runs the launcher itself; only the op goes through the dispatcher.
+    args = op_cases(device)[name][0]
+    exposed = getattr(stop_fast.kernels, name)
+    assert _dispatched_ops(lambda: exposed(*args)) == set()
+    assert _dispatched_ops(lambda: exposed.op(*args)) == {f"stop_fast::{name}"}
+
+
+@pytest.mark.parametrize("name", OP_NAMES)
+def test_fake_tensors_go_through_the_op(name, device):
+    # Under a dispatch mode (here FakeTensorMode, as export and make_fx use) the exposed
+    # function calls the op, whose fake gives the launcher's output shapes and dtypes.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    args = op_cases(device)[name][0]
+    real = getattr(stop_fast.kernels, name)(*args)
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fake_args = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+        fake = getattr(stop_fast.kernels, name)(*fake_args)
+    real = real if isinstance(real, tuple) else (real,)
+    fake = fake if isinstance(fake, (tuple, list)) else (fake,)
+    assert [(r.shape, r.dtype) for r in real] == [(f.shape, f.dtype) for f in fake]
+
+
 def test_compile_fullgraph(device):
     t = inputs(device)
     eager = pipeline(**t)   # also the first call, which imports the kernels outside tracing

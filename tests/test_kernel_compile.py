@@ -93,3 +93,25 @@ def test_specialization_matches_tritons_jit():
         assert ty == want[0], (v, ty, want)
         if ty != "constexpr":
             assert div == (want[1] == "D"), (v, div, want)
+
+
+def _plain(x):
+    return x
+
+
+@pytest.mark.parametrize("value", ["1", "0", "", "true", "TRUE", "on", "yes", "2", "false", " 1"])
+def test_interpret_reading_matches_tritons(value, monkeypatch):
+    # stop_fast reads TRITON_INTERPRET in one place (dispatch and the kernels, hence aot's
+    # refusal above); it must agree with what triton.jit does with the same value.
+    from stop_fast._env import triton_interpret
+    monkeypatch.setenv("TRITON_INTERPRET", value)
+    interpreted = not isinstance(triton.jit(_plain), triton.runtime.JITFunction)
+    assert triton_interpret() == interpreted
+
+
+def test_kernels_were_built_as_the_reading_says():
+    from stop_fast._env import triton_interpret
+    utils = importlib.import_module("stop_fast.kernels._utils")
+    sink = importlib.import_module("stop_fast.kernels.sink_score")
+    assert utils.INTERPRET == triton_interpret()
+    assert utils.INTERPRET == (not isinstance(sink._sink_kernel, triton.runtime.JITFunction))

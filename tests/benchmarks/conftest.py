@@ -31,8 +31,5 @@ def _no_finite_checks():
     """Time the ops, not the input validation syncs (as the CLI does)."""
     import stop_fast
 
-    before = stop_fast._checks.finite_checks_enabled()
-    stop_fast.set_finite_checks(False)
-    yield
-    stop_fast.set_finite_checks(before)
-
+    with stop_fast.input_checks(False):
+        yield
