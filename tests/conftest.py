@@ -24,6 +24,15 @@ def device() -> str:
     return DEVICE
 
 
+@pytest.fixture
+def one_thread():
+    """Loop-heavy twins run thousands of tiny ops, which intra-op threads only slow down."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

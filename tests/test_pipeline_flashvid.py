@@ -20,13 +20,7 @@ from stop_fast.pipelines._flashvid_merge import temporal_merge
 D = 16
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The twins run thousands of tiny ops, which intra-op threads only slow down."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @functools.lru_cache(maxsize=None)

@@ -17,13 +17,7 @@ from stop_fast.pipelines.prunevid import prunevid_counts, refine_labels
 N, D = 196, 16
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The twins run thousands of tiny ops, which intra-op threads only slow down."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @functools.lru_cache(maxsize=None)

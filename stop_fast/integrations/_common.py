@@ -233,6 +233,23 @@ class ModelPatch:
     def install(self, model) -> None:
         raise NotImplementedError(f"{type(self).__name__} must install its patches")
 
+    def fit_generate(self, kw: dict) -> dict:
+        """generate()'s keyword arguments with the videos pruned and the prompt cut to fit."""
+        raise NotImplementedError(f"{type(self).__name__} must fit generate()'s prompt")
+
+    def generate(self, *args, **kwargs):
+        """The patched ``generate``: prune and cut the prompt once, then generate; returns the
+        caller's prompt followed by the new tokens."""
+        if kwargs.get("pixel_values_videos") is None:
+            return self.orig_generate(*args, **kwargs)
+        args, kw = generate_kwargs(args, kwargs)
+        prompt = kw.get("input_ids")
+        with self.scope():
+            with torch.no_grad():
+                kw = self.fit_generate(kw)
+            out = self.orig_generate(*args, **kw)
+        return restore_prompt(out, prompt, kw.get("input_ids"))
+
     @property
     def method(self) -> str:
         return self.pruner.options.method

@@ -17,7 +17,7 @@ import torch
 
 from ._capture import QKCapture, encoder_layers, feature_block, frame_scores
 from ._common import (ModelPatch, PruneRecord, VideoPlan, bind, check_pixels, fit_prompt,
-                      generate_kwargs, prompt_kwargs, restore_prompt)
+                      prompt_kwargs)
 
 __all__ = ["LlavaOnevision"]
 
@@ -161,18 +161,10 @@ class LlavaOnevision(ModelPatch):
                 kw = fit_prompt(kw, *plan, **prompt_kwargs(self.model))
             return self.orig_forward(**kw)
 
-    def generate(self, *args, **kwargs):
-        if kwargs.get("pixel_values_videos") is None:
-            return self.orig_generate(*args, **kwargs)
-        args, kw = generate_kwargs(args, kwargs)
-        prompt = kw.get("input_ids")
-        with self.scope():
-            with torch.no_grad():
-                plan, fitted = self._video_plan(kw)
-            self._check_expansion(kw, plan)
-            kw = fit_prompt(kw, plan, fitted, **prompt_kwargs(self.model))
-            out = self.orig_generate(*args, **kw)
-        return restore_prompt(out, prompt, kw.get("input_ids"))
+    def fit_generate(self, kw: dict) -> dict:
+        plan, fitted = self._video_plan(kw)
+        self._check_expansion(kw, plan)
+        return fit_prompt(kw, plan, fitted, **prompt_kwargs(self.model))
 
     def _check_expansion(self, kw, plan: VideoPlan) -> None:
         # transformers repeats pre-encoded features per row for beams; a single row holding

@@ -24,8 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from ._common import (ModelPatch, PruneRecord, VideoPlan, bind, check_count, check_pixels, compact,
-                      generate_kwargs, keep_mask, prompt_kwargs, restore_prompt, slots,
-                      source_columns)
+                      keep_mask, prompt_kwargs, slots, source_columns)
 from ._qwen_vision import QKVCapture, merged_scores, scored_attention, window_reverse
 
 __all__ = ["Qwen2_5_VL"]
@@ -154,16 +153,8 @@ class Qwen2_5_VL(ModelPatch):
         with self.scope():
             return self.orig_forward(**self._fit(kw))
 
-    def generate(self, *args, **kwargs):
-        if kwargs.get("pixel_values_videos") is None:
-            return self.orig_generate(*args, **kwargs)
-        args, kw = generate_kwargs(args, kwargs)
-        prompt = kw.get("input_ids")
-        with self.scope():
-            with torch.no_grad():
-                kw = self._fit(kw)
-            out = self.orig_generate(*args, **kw)
-        return restore_prompt(out, prompt, kw.get("input_ids"))
+    def fit_generate(self, kw: dict) -> dict:
+        return self._fit(kw)
 
     def _fit(self, kw: dict) -> dict:
         """The call's inputs with each video's placeholders cut to its kept count, and the M-RoPE

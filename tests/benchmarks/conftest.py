@@ -1,7 +1,7 @@
 """pytest-benchmark set-up for ``pytest tests/benchmarks --benchmark-only``.
 
 Full shapes on CUDA, the smoke shapes on CPU (the full ones would take minutes there).
-Without ``--benchmark-only`` (e.g. ``make test``) the benchmarks are skipped, so they never
+Without ``--benchmark-only`` (e.g. ``make test``) the benchmarks are deselected, so they never
 slow down the test suite.
 """
 import pytest
@@ -15,10 +15,11 @@ pytest.importorskip("pytest_benchmark")
 def pytest_collection_modifyitems(config, items):
     if config.getoption("benchmark_only", default=False):
         return
-    skip = pytest.mark.skip(reason="benchmarks run with `pytest tests/benchmarks --benchmark-only`")
-    for item in items:
-        if "benchmark" in getattr(item, "fixturenames", ()):
-            item.add_marker(skip)
+    # Without --benchmark-only the benchmarks are deselected (listed as such, never run).
+    bench = [item for item in items if "benchmark" in getattr(item, "fixturenames", ())]
+    if bench:
+        config.hook.pytest_deselected(items=bench)
+        items[:] = [item for item in items if "benchmark" not in getattr(item, "fixturenames", ())]
 
 
 @pytest.fixture(scope="session")
