@@ -98,10 +98,20 @@ def finite(**tensors: torch.Tensor | None) -> dict[str, tuple[float, float]] | N
     return out
 
 
+def _scalar(v):
+    """A 0-dim tensor as the NumPy scalar of its dtype (bf16/fp16 read as float32), so it is
+    checked like one; anything else unchanged."""
+    if isinstance(v, torch.Tensor) and v.dim() == 0 and not v.is_complex():
+        v = v.detach().cpu()
+        if v.dtype in (torch.bfloat16, torch.float16):
+            v = v.float()
+        return v.numpy()[()]
+    return v
+
+
 def number(name: str, v, *, positive: bool = False) -> float:
     """A real number (Python, NumPy or 0-dim tensor scalars alike) as a float."""
-    if isinstance(v, torch.Tensor) and v.dim() == 0 and not v.is_complex():
-        v = v.item()
+    v = _scalar(v)
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
     if getattr(getattr(v, "dtype", None), "itemsize", 8) < 8:
@@ -117,7 +127,8 @@ def number(name: str, v, *, positive: bool = False) -> float:
 
 
 def integer(name: str, v, lo: int, hi: int) -> int:
-    """An integer (Python or NumPy integer) in [lo, hi] as an int."""
+    """An integer (Python, NumPy or 0-dim integer tensor) in [lo, hi] as an int."""
+    v = _scalar(v)
     if isinstance(v, bool) or not isinstance(v, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(v).__name__}")
     v = int(v)

@@ -49,11 +49,11 @@ def _head(model):
 
 def test_llava_fastvid_global_head(device, recorder):
     model = L._tiny_model(device)
-    head = _head(model)
+    head = _head(model).double()             # another dtype than the model: the patch casts
     pixels, ids = L._video(device, 5), L._prompt(device)
     with torch.no_grad():
         hs = model.model.vision_tower(pixels.flatten(0, 1), output_hidden_states=True).hidden_states
-        want = head(hs[-1]).float()                                # (T, C): one vector per frame
+        want = head(hs[-1].double()).float()                       # (T, C): one vector per frame
     try:
         apply_stop(model, method="fastvid", retention_ratio=0.5, global_head=head)
         recorder.calls.clear()

@@ -145,3 +145,40 @@ def test_input_checks_context_manager_restores():
     assert C.finite_checks_enabled()
     with pytest.raises(ValueError, match="attn contains NaN"):
         sf.sink_score(nan, backend="torch")
+
+
+def test_tensor_scalars_count_like_numbers():
+    from stop_fast.pipelines import prune
+    x, a, m = torch.randn(2, 196, 8), torch.rand(2, 196), torch.randn(2, 196, 4)
+    for r in (0.1, torch.tensor(0.1), torch.tensor(0.1, dtype=torch.float64)):
+        out = prune(x, a, method="visionzip", metric=m, retention_ratio=r, backend="torch")
+        assert out.num_tokens == 2 * 20 and out.retention_ratio == 0.1
+    s = torch.rand(196)
+    assert torch.equal(sf.penalized_topk(a, s, torch.tensor(5), mu_s=0.1, backend="torch"),
+                       sf.penalized_topk(a, s, 5, mu_s=0.1, backend="torch"))
+    with pytest.raises(TypeError, match="k must be an int, got float32"):
+        sf.penalized_topk(a, s, torch.tensor(5.0), mu_s=0.1)
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(method="holitom", metric=torch.randn(3, 16, 4)), ValueError,
+     r"metric is not used by method='holitom'; only by \['visionzip'\]"),
+    (dict(method="holitom", center_penalty=-0.1), ValueError, "center_penalty must be >= 0"),
+    (dict(method="flashvid", use_stop=False, sink_scope="video"), ValueError,
+     "sink_scope='video' is a sink term"),
+    (dict(method="holitom", global_features=torch.randn(3, 8)), ValueError,
+     r"global_features is not used by method='holitom'"),
+])
+def test_pipeline_options_that_would_be_ignored_raise(kwargs, exc, match):
+    from stop_fast.pipelines import prune
+    with pytest.raises(exc, match=match):
+        prune(torch.randn(3, 16, 8), torch.rand(3, 16), retention_ratio=0.25, **kwargs)
+
+
+def test_flashvid_reports_its_segment_sink_and_warns_on_oversized_budget():
+    from stop_fast.pipelines import prune
+    x, a = torch.randn(6, 16, 8), torch.rand(6, 16)
+    out = prune(x, a, method="flashvid", retention_ratio=0.25, min_segments=2, backend="torch")
+    assert out.extras["segment_sink"].shape == (len(out.segments), 16)
+    with pytest.warns(UserWarning, match="exceeds the N = 16 tokens"):
+        prune(x, a, method="flashvid", retention_ratio=1.0, adts_share=0.5, backend="torch")

@@ -103,8 +103,13 @@ class LlavaOnevision(ModelPatch):
         metric = metric.view(B, T, Np, -1) if metric is not None else None
         glob = None
         if head is not None:
+            h = hidden[-1]
+            # The head may live elsewhere (a SigLIP checkpoint loads fp32 on CPU): meet it there.
+            param = next(iter(head.parameters()), None) if isinstance(head, torch.nn.Module) else None
+            if param is not None:
+                h = h.to(device=param.device, dtype=param.dtype)
             with torch.no_grad():
-                glob = head(hidden[-1]).float().view(B, T, -1)      # (B, T, Dg)
+                glob = head(h).float().to(feats.device).view(B, T, -1)     # (B, T, Dg)
         newline = self.inner.image_newline.to(device=feats.device, dtype=feats.dtype)[None]
         side = round(Np ** 0.5)
         records = []

@@ -20,7 +20,7 @@ from ..dispatch import BACKENDS
 __all__ = [
     "KIND_DOMINANT", "KIND_CONTEXTUAL", "KIND_STATIC", "KIND_DYNAMIC", "KIND_SALIENT",
     "KIND_CONTEXT", "KIND_DIVERSE", "KIND_MERGED", "KIND_NAMES",
-    "Options", "Video", "Selection", "PrunedVideo", "build_result", "SINK_EPS",
+    "Options", "Video", "Selection", "PrunedVideo", "build_result", "to_device", "SINK_EPS",
 ]
 
 # Codes of PrunedVideo.kinds (int8); KIND_NAMES[code] is the readable name.
@@ -144,7 +144,9 @@ class PrunedVideo:
     tokens: (M, D) in the features' dtype. positions: (M, 2) int64 rows [frame, location] of
     the token each row represents (a merged token: its segment's first frame or anchor frame,
     and its centre's / target's location). kinds: (M,) int8, ``KIND_NAMES[code]``.
-    sink: (N,) float32 sink score used (zeros when no sink term was applied).
+    sink: (N,) float32 video-level sink score (SPEC §3; zeros when no sink term was applied).
+    FlashVid's default ``sink_scope="segment"`` uses per-segment scores instead, kept in
+    ``extras["segment_sink"]`` (S, N).
     segments: temporal methods' inclusive (first, last) frame ranges; None for spatial ones.
     adjusted_ratio / reduced: HoliTom's r' (SPEC §6.1) and tokens its temporal DP removes.
     single_frame: True when the video had one frame, so the sink terms were off (SPEC §3).
@@ -190,3 +192,17 @@ def build_result(sel: Selection, video: Video, opts: Options, single_frame: bool
         reduced=None if reduced is None else int(reduced),
         single_frame=single_frame, options=opts, extras=extras)
 
+
+
+def to_device(device: torch.device, *host) -> list[torch.Tensor]:
+    """Host integers (lists, nested lists or CPU tensors) as int64 tensors on ``device``, in
+    one copy. On CUDA the copy is pinned and non-blocking, so it queues behind the kernels
+    already launched; a pageable copy (``torch.tensor(list, device=cuda)``) would wait for
+    them, a host sync. Shapes are kept; bool inputs come back as 0/1 (use ``.bool()``)."""
+    parts = [torch.as_tensor(h, dtype=torch.int64) for h in host]
+    flat = torch.cat([p.reshape(-1) for p in parts]) if parts else torch.empty(0, dtype=torch.int64)
+    if device.type == "cuda":
+        flat = flat.pin_memory().to(device, non_blocking=True)
+    else:
+        flat = flat.to(device)
+    return [f.view(p.shape) for f, p in zip(flat.split([p.numel() for p in parts]), parts)]

@@ -136,6 +136,9 @@ def _check_inputs(spec: Method, opts: Options, features, attention, metric, glob
         if tuple(metric.shape[:2]) != (T, N):
             raise ValueError(f"metric must have shape (T, N, Dk) with (T, N) = {(T, N)} from "
                              f"features, got {tuple(metric.shape)}")
+        if not spec.needs_metric:
+            raise ValueError(f"metric is not used by method={spec.name!r}; only by "
+                             f"{[m.name for m in METHODS.values() if m.needs_metric]}")
     if global_features is not None:
         if not spec.uses_global:
             raise ValueError(f"global_features is not used by method={spec.name!r}; only by "
@@ -147,8 +150,8 @@ def _check_inputs(spec: Method, opts: Options, features, attention, metric, glob
                              f"got {tuple(global_features.shape)}")
     C.same_device(features=features, attention=attention, metric=metric,
                   global_features=global_features)
-    ends = C.finite(features=features, attention=attention,
-                    metric=metric if spec.needs_metric else None, global_features=global_features)
+    ends = C.finite(features=features, attention=attention, metric=metric,
+                    global_features=global_features)
     if ends is not None and attention is not None and ends["attention"][0] < 0:
         raise ValueError(f"attention must be non-negative (a per-frame score such as column-mean "
                          f"attention), got a minimum of {ends['attention'][0]:.4g}")

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from .. import _checks as C
 from .. import api
-from .base import KIND_CONTEXT, KIND_SALIENT, Options as _BaseOptions, Selection, Video
+from .base import KIND_CONTEXT, KIND_SALIENT, Options as _BaseOptions, Selection, Video, to_device
 from .dpc_knn import density_scores
 
 __all__ = ["Options", "fastvid_fast", "budgets", "anchor_budget", "global_vectors",
@@ -226,7 +226,7 @@ def fastvid_fast(video: Video, opts: Options) -> Selection:
 
         if per_frame:
             # 6. Top-C anchors of ψ; the frame's own non-salient tokens merge into them.
-            f6 = torch.tensor(per_frame, device=dev)
+            f6, = to_device(dev, per_frame)
             top = torch.sort(psi[f6], dim=1, descending=True, stable=True).indices[:, :Cb]
             rows = f6[:, None] * n + top                                # (B6, C)
             z = _merge(pool[f6], None, flat[rows][:, None], None, alpha)[:, 0]
@@ -264,8 +264,9 @@ def _segment_context(block, U, psi, s_u, flat, n, N, p, lam, alpha):
     frame_ok = j[None] < m[:, None]                                     # (G, mmax)
     fr = torch.where(frame_ok, e[:, None] - j[None] * p, e[:, None])
     ok = frame_ok[..., None] & (torch.arange(Kmax)[None, None] < K[:, None, None])
-    keep = torch.nonzero(ok.flatten()).flatten().to(dev)
-    valid, rows, fr, ok = (t.to(dev, non_blocking=True) for t in (valid, rows, fr, ok))
+    keep = torch.nonzero(ok.flatten()).flatten()                      # host tensors: no sync
+    valid, rows, fr, ok, keep = to_device(dev, valid, rows, fr, ok, keep)
+    valid, ok = valid.bool(), ok.bool()
 
     score = psi[fr] - lam * s_u[fr]                                     # (G, mmax, n)
     top = torch.sort(score, dim=-1, descending=True, stable=True).indices[..., :Kmax]

@@ -8,6 +8,7 @@ The temporal and spatial merges are in :mod:`._flashvid_merge`.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 
 from .. import _checks as C
 from . import base
-from .base import KIND_DIVERSE, KIND_MERGED, SINK_EPS, Selection
+from .base import KIND_DIVERSE, KIND_MERGED, SINK_EPS, Selection, to_device
 from ._flashvid_merge import spatial_merge, temporal_merge
 
 __all__ = ["Options", "flashvid_fast", "flashvid_budget", "cut_segments", "SegmentLayout"]
@@ -37,6 +38,7 @@ class Options(base.Options):
 
     method: ClassVar[str] = "flashvid"
     default_mu_s: ClassVar[float] = 0.02
+    sink_fields: ClassVar[tuple[str, ...]] = ("mu_s", "sink_scope")
 
     def _check_fields(self) -> None:
         C.number("expansion", self.expansion, positive=True)
@@ -60,6 +62,10 @@ class Options(base.Options):
             raise ValueError(f"flashvid: ADTS would pick n_A = ceil(adts_share·B) = {n_a} distinct "
                              f"tokens of a frame with N = {N} (B = ceil(N·r·expansion) = {B}); "
                              "lower retention_ratio, expansion or adts_share")
+        if B > N:
+            warnings.warn(f"flashvid: the budget B = ceil(N·r·expansion) = {B} exceeds the N = {N} "
+                          "tokens of a frame, so the output can be longer than the input; lower "
+                          "retention_ratio or expansion", stacklevel=4)
 
 
 def flashvid_budget(N: int, opts: Options) -> tuple[int, int, int]:
@@ -97,16 +103,14 @@ class SegmentLayout:
         offset = [t - b for b, e in segs for t in range(b, e + 1)]
         T = len(seg_of)
         self.T = T
-        self.seg_of = torch.tensor(seg_of, device=device)
-        self.offset = torch.tensor(offset, device=device)
-        self.len_t = torch.tensor([self.lengths[s] for s in seg_of], device=device)   # (T,)
-        self.length = torch.tensor(self.lengths, device=device)                        # (S,)
-        # (S, max_len) frame of each segment offset, T (a padding row) past the segment's end.
-        self.frames = torch.tensor([[b + o if b + o <= e else T for o in range(self.max_len)]
-                                    for b, e in segs], device=device)
-        # Frames at each offset o ≥ 1 (one per segment that long), for the reverse scan.
-        self.at_offset = [torch.tensor([b + o for b, e in segs if b + o <= e], device=device)
-                          for o in range(self.max_len)]
+        # (S, max_len) frame of each segment offset, T (a padding row) past the segment's end;
+        # and the frames at each offset o (one per segment that long), for the reverse scan.
+        frames = [[b + o if b + o <= e else T for o in range(self.max_len)] for b, e in segs]
+        at = [[b + o for b, e in segs if b + o <= e] for o in range(self.max_len)]
+        (self.seg_of, self.offset, self.len_t, self.length, self.frames,
+         at_flat) = to_device(device, seg_of, offset, [self.lengths[s] for s in seg_of],
+                              self.lengths, frames, [t for row in at for t in row])
+        self.at_offset = list(at_flat.split([len(row) for row in at]))
 
     def seg_sum(self, v: torch.Tensor) -> torch.Tensor:
         """(T, …) → (S, …): sum over each segment's frames."""
@@ -167,9 +171,13 @@ def flashvid_fast(video: base.Video, opts: Options) -> Selection:
 
     # 3a. STSP with the segment's (or the video's) sink score; none for a one-frame video.
     af = a.float()
+    extras = {"budget": (B, n_a, n_m)}
     if opts.mu_s != 0 and T > 1:
-        s = segment_sink(af, lay, opts.gamma)[lay.seg_of] if opts.sink_scope == "segment" \
-            else video.sink.float()[None]
+        if opts.sink_scope == "segment":     # PrunedVideo.sink stays the video-level score
+            extras["segment_sink"] = seg_sink = segment_sink(af, lay, opts.gamma)   # (S, N)
+            s = seg_sink[lay.seg_of]
+        else:
+            s = video.sink.float()[None]
         af = af - opts.mu_s * s
 
     # 3b. ADTS: w = ã · ⟨x, ḡ⟩ with ḡ the segment's mean token.
@@ -187,14 +195,15 @@ def flashvid_fast(video: base.Video, opts: Options) -> Selection:
         # 3d–e. Temporal tree merge, then per-frame spatial DPC-kNN (or pass-through).
         values, pool = temporal_merge(xf, xn, free, lay, B, opts.merge_threshold)
         m_tok, m_loc, m_ok = spatial_merge(values, pool, lay, n_m, opts.max_k)
-        # Data-dependent count of merged tokens: the second host transfer.
-        t_idx = frames[:, None].expand(T, N)[m_ok]
-        keys.append((t_idx * N + m_loc[m_ok]) * 2 + 1)
-        toks.append(m_tok[m_ok].to(x.dtype))
+        # Data-dependent count of merged tokens: the second host transfer (one nonzero).
+        idx = m_ok.reshape(-1).nonzero().squeeze(1)
+        t_idx = idx // N
+        keys.append((t_idx * N + m_loc.reshape(-1)[idx]) * 2 + 1)
+        toks.append(m_tok.reshape(T * N, -1)[idx].to(x.dtype))
         kinds.append(torch.full_like(t_idx, KIND_MERGED, dtype=torch.int8))
     key = torch.cat(keys)
     order = key.argsort()                    # keys are unique, so the order is the stable one
     key = key[order] // 2
     positions = torch.stack([key // N, key % N], dim=1)
     return Selection(torch.cat(toks)[order], positions, torch.cat(kinds)[order], segments=segs,
-                     extras={"budget": (B, n_a, n_m)})
+                     extras=extras)

@@ -56,6 +56,8 @@ class Options(base.Options):
         mu_t = (0.07 if self.mu_t is None else C.number("mu_t", self.mu_t)) if on else 0.0
         lam = (0.3 if self.center_penalty is None else C.number("center_penalty", self.center_penalty)) \
             if on else 0.0
+        if lam < 0:
+            raise ValueError(f"center_penalty must be >= 0 (λ of the DPC-KNN centre score), got {lam}")
         return dataclasses.replace(out, mu_t=mu_t, center_penalty=lam)
 
     def _check_fields(self) -> None:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from . import base
-from .base import KIND_DYNAMIC, KIND_STATIC, Selection
+from .base import KIND_DYNAMIC, KIND_STATIC, Selection, to_device
 from .dpc_knn import dpc_knn_batched
 
 __all__ = ["Options", "prunevid_fast", "refine_labels", "label_runs", "prunevid_counts",
@@ -130,8 +130,8 @@ def prunevid_fast(video: base.Video, opts: Options) -> Selection:
     segs = [(b, e) for _, b, e in label_runs(labels)]
     S = len(segs)
     W = [e - b + 1 for b, e in segs]
-    seg_of = torch.tensor([s for s, (b, e) in enumerate(segs) for _ in range(b, e + 1)], device=dev)
-    Wt = torch.tensor(W, device=dev, dtype=torch.float32)
+    seg_of, Wt = to_device(dev, [s for s, (b, e) in enumerate(segs) for _ in range(b, e + 1)], W)
+    Wt = Wt.float()
 
     # 4. Static locations: Σ_{u≠v} cos = |Σ_u x̂_u|² − Σ_u |x̂_u|² over the segment's frames.
     xn = F.normalize(xf, dim=-1)
@@ -155,12 +155,17 @@ def prunevid_fast(video: base.Video, opts: Options) -> Selection:
     n_out = [c[1] for c in counts] + [counts[s][2] for s, (b, e) in enumerate(segs)
                                       for _ in range(b, e + 1)]
     clus = [sz > PASS_THROUGH and c > 0 for sz, c in zip(size, n_out)]
-    cpu = dict(dtype=torch.int64)
-    act = torch.tensor(clus)
-    c_counts = torch.where(act, torch.tensor(size, **cpu), 0).to(dev)
-    c_centers = torch.where(act, torch.tensor(n_out, **cpu), 0).to(dev)
-    centers, assign = dpc_knn_batched(sets, c_counts, c_centers, max(n_out + [1]),
-                                      torch.where(act, K, 0).to(dev), K, by_score=True)
+    # 5. Output order, on host ints: per segment its static set, then its frames' dynamic sets.
+    order = [set_id * N + j for s, (b, e) in enumerate(segs)
+             for set_id in [s] + [S + t for t in range(b, e + 1)] for j in range(n_out[set_id])]
+    # Every host-side layout in one copy (queued behind the device work on CUDA, no sync).
+    act, c_counts, c_centers, c_k, seg_start, idx = to_device(
+        dev, clus, [sz if a else 0 for sz, a in zip(size, clus)],
+        [c if a else 0 for c, a in zip(n_out, clus)], [K if a else 0 for a in clus],
+        [b for b, _ in segs], order)
+    act = act.bool()
+    centers, assign = dpc_knn_batched(sets, c_counts, c_centers, max(n_out + [1]), c_k, K,
+                                      by_score=True)
     member = (torch.arange(N, device=dev) < c_counts[:, None]).float()
     sums = torch.zeros_like(sets).scatter_add_(1, assign[..., None].expand_as(sets),
                                                sets * member[..., None])
@@ -168,16 +173,9 @@ def prunevid_fast(video: base.Video, opts: Options) -> Selection:
     means = sums[:, :centers.shape[1]] / num[:, :centers.shape[1], None].clamp(min=1)
     c_loc = locs.gather(1, centers.clamp(max=N - 1))
     width = centers.shape[1]
-    out_tok = torch.where(act.to(dev)[:, None, None], F.pad(means, (0, 0, 0, N - width)), sets)
-    out_loc = torch.where(act.to(dev)[:, None], F.pad(c_loc, (0, N - width)), locs)
-    out_frame = torch.cat([torch.tensor([b for b, _ in segs], device=dev), frames[:, 0]])
-
-    # 5. Output order, on host ints: per segment its static set, then its frames' dynamic sets.
-    rows = []
-    for s, (b, e) in enumerate(segs):
-        for set_id in [s] + [S + t for t in range(b, e + 1)]:
-            rows.append(torch.arange(n_out[set_id]) + set_id * N)
-    idx = torch.cat(rows).to(dev) if rows else torch.zeros(0, dtype=torch.int64, device=dev)
+    out_tok = torch.where(act[:, None, None], F.pad(means, (0, 0, 0, N - width)), sets)
+    out_loc = torch.where(act[:, None], F.pad(c_loc, (0, N - width)), locs)
+    out_frame = torch.cat([seg_start, frames[:, 0]])
     set_of = idx // N
     positions = torch.stack([out_frame[set_of], out_loc.reshape(-1)[idx]], dim=1)
     kinds = torch.where(set_of < S, KIND_STATIC, KIND_DYNAMIC).to(torch.int8)
