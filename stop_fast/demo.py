@@ -172,8 +172,8 @@ def _write_figures(video, results: dict, out_dir: str, console: Console) -> None
     obj = video.object_mask.view(-1, h, w).cpu().float().numpy()
     frames = (110 + 130 * obj).astype("uint8").repeat(16, 1).repeat(16, 2)[..., None].repeat(3, -1)
     written = []
-    for method in ("holitom", "visionzip"):
-        if (method, True) not in results:
+    for method in dict.fromkeys(m for m, _ in results):       # every method run with SToP
+        if (method, True) not in results or (method, False) not in results:
             continue
         rec = {s: viz.Record(results[(method, s)], video.attention, video.grid) for s in (False, True)}
         written += viz.save(viz.figures(frames, stop=rec[True], plain=rec[False], method=method), out_dir,

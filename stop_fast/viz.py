@@ -179,6 +179,10 @@ def figures(frames: np.ndarray | None, stop=None, plain=None, method: str | None
     return out
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def save(figs: dict, out_dir, prefix: str = "", dpi: int = 110, close: bool = True) -> list[Path]:
     """Write each figure to ``out_dir/<prefix>_<name>.png`` via a temporary file and
     ``os.replace``, so a reader never sees a half-written PNG."""
@@ -191,6 +195,7 @@ def save(figs: dict, out_dir, prefix: str = "", dpi: int = 110, close: bool = Tr
         try:
             with os.fdopen(fd, "wb") as f:
                 fig.savefig(f, format="png", dpi=dpi)
+            os.chmod(tmp, 0o666 & ~_UMASK)        # mkstemp makes it private; a PNG need not be
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -42,6 +42,9 @@ def test_save_is_atomic(records, tmp_path, monkeypatch):
     paths = viz.save(viz.figures(frames, stop=recs[True]), tmp_path, prefix="x")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)
     assert all(p.name.startswith("x_") and p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert all(p.stat().st_mode & 0o777 == 0o666 & ~umask for p in paths)   # not mkstemp's 0600
 
     def broken(src, dst):
         raise OSError("disk full")
