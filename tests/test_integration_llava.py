@@ -74,6 +74,17 @@ def _llm_inputs(model):
     return seen, model.model.language_model.register_forward_pre_hook(hook, with_kwargs=True)
 
 
+def _forward_seen(model, ids, pixels):
+    """One forward on a video prompt: (logits, what the language model received)."""
+    seen, handle = _llm_inputs(model)
+    try:
+        with torch.no_grad():
+            logits = model(input_ids=ids, pixel_values_videos=pixels).logits
+    finally:
+        handle.remove()
+    return logits, seen
+
+
 def _blocks(model):
     tower = model.model.vision_tower
     return getattr(tower, "vision_model", tower).encoder.layers   # older transformers nest it
@@ -127,12 +138,7 @@ def _check_prefill(model, recorder, device, method, ratio):
 
     apply_stop(model, method=method, retention_ratio=ratio)
     recorder.calls.clear()                                        # drop apply_stop's option check
-    seen, handle = _llm_inputs(model)
-    try:
-        with torch.no_grad():
-            logits = model(input_ids=ids, pixel_values_videos=pixels).logits
-    finally:
-        handle.remove()
+    logits, seen = _forward_seen(model, ids, pixels)
 
     (got_feats, got_scores, kw, pruned), = recorder.calls
     torch.testing.assert_close(got_feats, feats, rtol=0, atol=0)

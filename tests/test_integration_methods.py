@@ -99,12 +99,7 @@ def test_llava_prunevid_prefill(device, recorder):
     try:
         apply_stop(model, method="prunevid", retention_ratio=0.2)
         recorder.calls.clear()
-        seen, handle = L._llm_inputs(model)
-        try:
-            with torch.no_grad():
-                logits = model(input_ids=ids, pixel_values_videos=pixels).logits
-        finally:
-            handle.remove()
+        logits, seen = L._forward_seen(model, ids, pixels)
         (got_feats, got_scores, kw, pruned), = recorder.calls
         assert got_scores is None and kw["use_stop"] is False          # no attention, no SToP
         torch.testing.assert_close(got_feats, feats, rtol=0, atol=0)

@@ -10,6 +10,7 @@ one stands for, so per-token positions (Qwen2.5-VL's M-RoPE ids) can follow thei
 """
 from __future__ import annotations
 
+import abc
 import contextlib
 import functools
 import inspect
@@ -211,7 +212,7 @@ class PruneRecord:
 
 
 @dataclass
-class ModelPatch:
+class ModelPatch(abc.ABC):
     """The instance attributes one ``apply_stop`` replaced, and the state its wrappers share.
 
     ``pruner`` is built (and its settings validated) once, at ``apply_stop`` time. ``cache``
@@ -230,12 +231,13 @@ class ModelPatch:
     def check(self, model) -> None:
         """Fail at ``apply_stop`` time on settings that cannot work for ``model``."""
 
+    @abc.abstractmethod
     def install(self, model) -> None:
-        raise NotImplementedError(f"{type(self).__name__} must install its patches")
+        """Replace the model's instance attributes (through :meth:`patch`)."""
 
+    @abc.abstractmethod
     def fit_generate(self, kw: dict) -> dict:
         """generate()'s keyword arguments with the videos pruned and the prompt cut to fit."""
-        raise NotImplementedError(f"{type(self).__name__} must fit generate()'s prompt")
 
     def generate(self, *args, **kwargs):
         """The patched ``generate``: prune and cut the prompt once, then generate; returns the
