@@ -10,7 +10,8 @@ mean: sums of fp32 values within a factor ~2^(29 − log₂T) of each other are 
 m, rounded once to fp32, does not depend on the frame order (in fp32 it would, and a tiny
 max − min magnifies that into the scores). The price is 2·T·N fp64 conversions and adds on
 one SM, which sm_86 runs at 1/64 of its fp32 rate (a one-off per video, not a hot loop).
-pow and the normalization are fp32. Constant input gives exact zeros.
+pow and the normalization are fp32. The ends are decided on m (SPEC §3): the minimum is
+exactly 0, the maximum exactly 1 when m varies, so constant input gives exact zeros.
 """
 import torch
 import triton
@@ -34,25 +35,38 @@ def _powered_mean(attn, offs, T, N, s_t, s_n, gamma, BLOCK_T: tl.constexpr, BLOC
     # m^γ as exp2(γ·log2 m), with 0^γ = 0 (γ > 0) and NaN for a negative mean, like torch.pow.
     m = (acc / T).to(tl.float32)
     p = tl.exp2(gamma * tl.log2(tl.where(m > 0, m, 1.0)))
-    return tl.where(m > 0, p, tl.where(m == 0, 0.0, float("nan")))
+    return m, tl.where(m > 0, p, tl.where(m == 0, 0.0, float("nan")))
 
 
 @triton.jit
 def _sink_kernel(attn, out, T, N, s_t, s_n, gamma, eps,
                  BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr):
+    # Sweep 1 invariant: lo/hi hold the running per-lane min/max of p, m_lo/m_hi of m, over
+    # the blocks seen so far (masked lanes hold ±inf).
     lo = tl.full([BLOCK_N], float("inf"), tl.float32)
     hi = tl.full([BLOCK_N], float("-inf"), tl.float32)
+    m_lo = tl.full([BLOCK_N], float("inf"), tl.float32)
+    m_hi = tl.full([BLOCK_N], float("-inf"), tl.float32)
     for n0 in range(0, N, BLOCK_N):
         offs = n0 + tl.arange(0, BLOCK_N)
-        p = _powered_mean(attn, offs, T, N, s_t, s_n, gamma, BLOCK_T, BLOCK_N)
+        m, p = _powered_mean(attn, offs, T, N, s_t, s_n, gamma, BLOCK_T, BLOCK_N)
         lo = tl.minimum(lo, tl.where(offs < N, p, float("inf")))
         hi = tl.maximum(hi, tl.where(offs < N, p, float("-inf")))
+        m_lo = tl.minimum(m_lo, tl.where(offs < N, m, float("inf")))
+        m_hi = tl.maximum(m_hi, tl.where(offs < N, m, float("-inf")))
     lo_s = tl.min(lo, 0)
     denom = tl.max(hi, 0) - lo_s + eps
+    m_min = tl.min(m_lo, 0)
+    m_max = tl.max(m_hi, 0)
+    # Sweep 2: every lane runs the same instructions, so equal m give equal p; the ends are
+    # decided on m (SPEC §3): the minimum is exactly 0, the maximum exactly 1 when m varies.
     for n0 in range(0, N, BLOCK_N):
         offs = n0 + tl.arange(0, BLOCK_N)
-        p = _powered_mean(attn, offs, T, N, s_t, s_n, gamma, BLOCK_T, BLOCK_N)
-        tl.store(out + offs, (p - lo_s) / denom, mask=offs < N)
+        m, p = _powered_mean(attn, offs, T, N, s_t, s_n, gamma, BLOCK_T, BLOCK_N)
+        s = tl.minimum(tl.maximum((p - lo_s) / denom, 0.0), 1.0)
+        s = tl.where(m == m_max, 1.0, s)
+        s = tl.where(m == m_min, 0.0, s)
+        tl.store(out + offs, s, mask=offs < N)
 
 
 def launch(attn: torch.Tensor, gamma: float, eps: float) -> torch.Tensor:

@@ -44,10 +44,25 @@ def sink_score(attn: torch.Tensor, gamma: float = 1.1, eps: float = 1e-12) -> to
     attn (T, N) non-negative. m = mean over frames, m^γ min-max normalized; constant m gives
     zeros. Returns (N,) float32.
     """
-    m = attn.double().mean(dim=0)
-    p = m.pow(gamma)
-    lo, hi = p.min(), p.max()
-    return ((p - lo) / (hi - lo + eps)).float()
+    return minmax_power(attn.double().mean(dim=0), gamma, eps).float()
+
+
+def minmax_power(m: torch.Tensor, gamma: float, eps: float = 1e-12) -> torch.Tensor:
+    """SPEC §3's min-max normalization of m^γ along the last dim of (…, N) m, in float64.
+
+    Exact as SPEC requires: every location takes the power computed for the first location
+    with the same m (so equal m give bitwise equal scores, whichever lanes of a vectorized
+    ``pow`` they fall in), and the ends are decided on m, where the power is monotone:
+    minimum → 0, maximum → 1 when m varies.
+    """
+    m = m.double()
+    first = (m.unsqueeze(-1) == m.unsqueeze(-2)).to(torch.uint8).argmax(dim=-1)
+    p = m.pow(gamma).gather(-1, first)
+    p_lo = p.gather(-1, m.argmin(dim=-1, keepdim=True))
+    p_hi = p.gather(-1, m.argmax(dim=-1, keepdim=True))
+    s = (p - p_lo) / (p_hi - p_lo + eps)
+    s = torch.where(m == m.amax(dim=-1, keepdim=True), 1.0, s)
+    return torch.where(m == m.amin(dim=-1, keepdim=True), 0.0, s)
 
 
 def _ranked(scores: torch.Tensor) -> torch.Tensor:

@@ -49,13 +49,27 @@ def column_mean_attention(q: torch.Tensor, k: torch.Tensor, scale: float,
 def sink_score(attn: torch.Tensor, gamma: float, eps: float) -> torch.Tensor:
     # Frame mean accumulated in fp64 (no fp32 copy of attn): fp32 sums depend on the frame
     # order, and min-max normalization over a tiny range magnifies that noise.
-    m = attn.mean(dim=0, dtype=torch.float64)
-    # pow in fp64 too: vectorized and scalar fp32 pow can differ by an ulp, which ε = 1e-12
-    # would blow up into a spurious 1 on constant input.
-    p = m.pow(gamma)
-    lo, hi = p.amin(), p.amax()
-    s = (p - lo) / (hi - lo + eps)
-    return torch.where(m.amax() == m.amin(), torch.zeros_like(s), s).float()
+    return minmax_power(attn.mean(dim=0, dtype=torch.float64), gamma, eps).float()
+
+
+def minmax_power(m: torch.Tensor, gamma: float, eps: float) -> torch.Tensor:
+    """SPEC §3's normalization along the last dim: (m^γ − min m^γ) / (max m^γ − min m^γ + ε),
+    exact at the ends. (…, N) float → (…, N) in m's dtype.
+
+    CPU ``pow`` runs vectorized code on a vector's body and scalar code on its tail, which can
+    round one ulp apart, and ε = 1e-12 turns a 1-ulp range into a score. So the power is taken
+    once per distinct value (m sorted; every location reads the power of its value's first
+    occurrence, found by ``searchsorted``), and the ends are decided on m, where the power is
+    monotone: the minimum gets exactly 0, the maximum exactly 1 when the range is nonzero.
+    No host sync.
+    """
+    ms = m.sort(dim=-1).values
+    ps = ms.pow(gamma)
+    # clamp: with the finite checks off, a NaN sorts last and searches past the end
+    p = ps.gather(-1, torch.searchsorted(ms, m).clamp_(max=m.shape[-1] - 1))
+    s = ((p - ps[..., :1]) / (ps[..., -1:] - ps[..., :1] + eps)).clamp(0.0, 1.0)
+    s = torch.where(m == ms[..., -1:], 1.0, s)
+    return torch.where(m == ms[..., :1], 0.0, s)
 
 
 def _ranked_topk(scores: torch.Tensor, k: int) -> torch.Tensor:

@@ -14,6 +14,22 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+# Property tests draw the same examples on every run unless asked otherwise: "ci" (the
+# default) is derandomized, keeps no example database and never fails on timing (no deadline,
+# no too-slow health check). `HYPOTHESIS_PROFILE=explore make test` (or `pytest
+# --hypothesis-profile=explore`) draws fresh random examples, ten times as many.
+settings.register_profile("ci", derandomize=True, database=None, max_examples=100, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow], print_blob=True)
+settings.register_profile("explore", max_examples=1000, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow], print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# CPU reductions split their work by thread count, so float sums (and any exact assertion
+# that rests on them) could differ between machines with different core counts: pin it.
+# STOP_FAST_TEST_THREADS overrides the count (2, the CI machine's cores).
+torch.set_num_threads(int(os.environ.get("STOP_FAST_TEST_THREADS", "2")))
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

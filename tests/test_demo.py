@@ -71,13 +71,14 @@ def test_demo_viz(tmp_path):
     assert f"wrote {len(names)} figures" in out
 
 
-def test_medians_warm_up_until_settled():
+def test_medians_warm_up_until_settled(monkeypatch):
+    # A fake clock that only the calls advance: the outcome cannot depend on machine load.
+    clock = [0.0]
+    monkeypatch.setattr(demo.time, "perf_counter", lambda: clock[0])
     calls = []
 
     def fn():                                     # the first 5 calls are slow, as on a cold start
         calls.append(1)
-        if len(calls) <= 5:
-            import time
-            time.sleep(0.02)
+        clock[0] += 0.02 if len(calls) <= 5 else 1e-5
     (ms,), n = demo._medians([fn], demo.torch.device("cpu"))
-    assert ms < 5 and n >= demo.MIN_REPEATS and len(calls) >= 5 + n
+    assert ms == pytest.approx(0.01) and n >= demo.MIN_REPEATS and len(calls) >= 5 + n

@@ -1,4 +1,8 @@
-"""Property tests (hypothesis) of the primitives on the torch backend and the reference."""
+"""Property tests (hypothesis) of the primitives on the torch backend and the reference.
+
+Examples are drawn by the profile tests/conftest.py loads: the same ones on every run in CI
+(derandomized), fresh ones with HYPOTHESIS_PROFILE=explore.
+"""
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -6,7 +10,7 @@ from hypothesis import strategies as st
 import stop_fast as sf
 from stop_fast import reference as R
 
-SETTINGS = settings(max_examples=40, deadline=None)
+SETTINGS = settings()   # the loaded profile decides (tests/conftest.py)
 
 
 def attention(seed, T, N, constant=False):
@@ -18,17 +22,17 @@ def attention(seed, T, N, constant=False):
 
 @SETTINGS
 @given(seed=st.integers(0, 10_000), T=st.integers(1, 6), N=st.integers(1, 60),
-       gamma=st.floats(0.5, 3.0), constant=st.booleans())
+       gamma=st.floats(0.05, 8.0), constant=st.booleans())
 def test_sink_score_range(seed, T, N, gamma, constant):
     a = attention(seed, T, N, constant)
     for s in (sf.sink_score(a, gamma=gamma, backend="torch"), R.sink_score(a, gamma=gamma)):
         assert s.shape == (N,) and torch.isfinite(s).all()
         assert (s >= 0).all() and (s <= 1).all()
-        m = a.double().mean(0).pow(gamma)
+        m = a.double().mean(0)
         if constant or (m.max() - m.min()) == 0:
             assert (s == 0).all()
-        else:
-            assert s.min() == 0 and abs(float(s.max()) - 1) < 1e-5
+        else:                                    # SPEC §3: exact ends, decided on m
+            assert (s[m == m.min()] == 0).all() and (s[m == m.max()] == 1).all()
 
 
 @SETTINGS

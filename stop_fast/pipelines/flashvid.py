@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _checks as C
+from ..torch_backend import minmax_power
 from . import base
 from .base import KIND_DIVERSE, KIND_MERGED, SINK_EPS, Selection, to_device
 from ._flashvid_merge import spatial_merge, temporal_merge
@@ -120,10 +121,7 @@ class SegmentLayout:
 
 def segment_sink(a: torch.Tensor, lay: SegmentLayout, gamma: float) -> torch.Tensor:
     """SPEC §10.3a: (S, N) minmax(m^γ) of each segment's mean attention (§3 with ε)."""
-    m = lay.seg_sum(a) / lay.length[:, None]
-    p = m.pow(gamma)
-    lo, hi = p.amin(1, keepdim=True), p.amax(1, keepdim=True)
-    return (p - lo) / (hi - lo + SINK_EPS)
+    return minmax_power(lay.seg_sum(a) / lay.length[:, None], gamma, SINK_EPS)
 
 
 def adts(x: torch.Tensor, xn: torch.Tensor, w: torch.Tensor, n_a: int) -> torch.Tensor:

@@ -10,6 +10,7 @@ import math
 
 import torch
 
+from ..reference import minmax_power
 from .base import KIND_DIVERSE, KIND_MERGED, SINK_EPS, Selection, Video
 from .flashvid import Options, cut_segments, flashvid_budget
 
@@ -74,8 +75,7 @@ def flashvid_twin(video: Video, opts: Options) -> Selection:
         L = e - b + 1
         # a. sink score of the segment (or the video's) and STSP; none for a one-frame video.
         if opts.sink_scope == "segment":
-            p = a[b:e + 1].mean(dim=0) ** opts.gamma
-            s = (p - p.min()) / (p.max() - p.min() + SINK_EPS)
+            s = minmax_power(a[b:e + 1].mean(dim=0), opts.gamma, SINK_EPS)
         else:
             s = video.sink.double().cpu()
         mu = opts.mu_s if T > 1 else 0.0
