@@ -31,15 +31,14 @@ from .settings import NO_PRUNING, ModelArgsError, check_method, parse_settings
 
 __all__ = ["StopFast", "StopFastChat"]
 
-_DEFAULT_METHOD = {"llava": "holitom", "qwen": "visionzip"}     # as stop-fast run
 _ROUNDING = {"llava": "floor", "qwen": "round"}                  # each family's frame sampling
 
 
 class StopFast(lmms):
     """``--model stop_fast --force_simple``: context + ``doc_to_visual``; see the module doc.
 
-    Arguments (``--model_args``): ``pretrained`` (required), ``method`` (a registered method or
-    ``none``; default holitom for LLaVA, visionzip for Qwen2.5-VL), ``retention_ratio`` (0.1),
+    Arguments (``--model_args``): ``pretrained`` and ``method`` (a registered method, or ``none``
+    for the unpruned model) are required; ``retention_ratio`` (0.1),
     ``use_stop`` (the method's default), ``frames`` (32), ``device``, ``dtype`` (auto),
     ``max_new_tokens`` (128, when the task sets none), ``global_head`` (FastVid on LLaVA: a SigLIP
     vision checkpoint whose attention-pooling head gives the per-frame vectors), and any option of
@@ -58,7 +57,7 @@ class StopFast(lmms):
             self.family, self.model, self.tokenizer, self.pcfg, self.template = _load(s.pretrained, self.device, dtype)
         except RunError as exc:
             raise ModelArgsError(f"pretrained={s.pretrained!r}: {exc}") from None
-        self.method = s.method or _DEFAULT_METHOD[self.family]
+        self.method = s.method
         if self.method != NO_PRUNING:
             self._apply_stop()
         self.takes_types = "mm_token_type_ids" in inspect.signature(self.model.forward).parameters

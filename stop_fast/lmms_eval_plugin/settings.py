@@ -27,11 +27,10 @@ class ModelArgsError(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
-    """The validated arguments. ``method`` None: the ``stop-fast run`` default of the checkpoint's
-    family (holitom for LLaVA, visionzip for Qwen2.5-VL), resolved once the config is read."""
+    """The validated arguments (``method`` is required, so every results file names it)."""
 
     pretrained: str
-    method: str | None = None
+    method: str
     retention_ratio: float = 0.1
     use_stop: bool | None = None
     frames: int = 32
@@ -85,8 +84,8 @@ def parse_settings(pretrained=None, method=None, retention_ratio=0.1, use_stop=N
     if not isinstance(pretrained, str) or not pretrained:
         raise _bad("pretrained", pretrained, "a local directory or hub id of a LLaVA-OneVision / "
                    "LLaVA-Video or Qwen2.5-VL checkpoint in HF format")
-    if method is not None and method != NO_PRUNING and method not in METHODS:
-        raise _bad("method", method, f"one of {[*METHODS, NO_PRUNING]}")
+    if method != NO_PRUNING and method not in METHODS:
+        raise _bad("method", method, f"one of {[*METHODS, NO_PRUNING]} ({NO_PRUNING}: the unpruned model)")
     ratio = _number("retention_ratio", retention_ratio)
     if not 0.0 < ratio <= 1.0:
         raise _bad("retention_ratio", retention_ratio, "a fraction of the video tokens in (0, 1]")
@@ -96,7 +95,7 @@ def parse_settings(pretrained=None, method=None, retention_ratio=0.1, use_stop=N
         raise _bad("batch_size", batch_size, "1 (each sample is evaluated and timed on its own)")
     if dtype not in _DTYPES:
         raise _bad("dtype", dtype, f"one of {list(_DTYPES)}")
-    if global_head is not None and (not isinstance(global_head, str) or method not in ("fastvid", None)):
+    if global_head is not None and (not isinstance(global_head, str) or method != "fastvid"):
         raise _bad("global_head", global_head, "a SigLIP vision checkpoint (directory or hub id), with method=fastvid")
     settings = Settings(pretrained, method, ratio, use_stop, _count("frames", frames), _device(device), dtype,
                         _count("max_new_tokens", max_new_tokens), global_head, dict(options))
@@ -105,7 +104,7 @@ def parse_settings(pretrained=None, method=None, retention_ratio=0.1, use_stop=N
         if extra:
             raise ModelArgsError(f"{', '.join(f'{k}={v!r}' for k, v in extra.items())}: method=none runs the "
                                  "unpruned model and takes no pruning options")
-    elif method is not None:
+    else:
         check_method(settings, method)
     return settings
 
