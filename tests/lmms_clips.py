@@ -25,10 +25,16 @@ FULL = {"llava": lambda frames: frames * 16 + 1, "llava196": lambda frames: fram
 
 
 def write_clips(root) -> Path:
-    """Checkpoints ``llava``, ``llava196`` (PruneVid's 196 tokens per frame) and ``qwen``, the two
-    clips and ``clips.jsonl`` under ``root``."""
+    """Checkpoints ``llava``, ``llava196`` (PruneVid's 196 tokens per frame), ``qwen`` and ``siglip``
+    (a SigLIP vision tower with its attention-pooling head, FastVid's ``global_head`` for
+    ``llava``), the two clips and ``clips.jsonl`` under ``root``."""
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
     root = Path(root)
     tm.save_llava(root / "llava")
+    SiglipVisionModel(SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, image_size=56, patch_size=7,
+                                         vision_use_head=True)).save_pretrained(root / "siglip")
     tm.save_llava(root / "llava196", image_size=378, patch_size=14)
     tm.save_qwen(root / "qwen")
     for seed, (name, count) in enumerate(FRAMES.items()):

@@ -38,7 +38,7 @@ def _args(root, family: str, method: str, extra: str = "") -> str:
     args = f"pretrained={root / family},method={method},frames={FRAMES[family]},device=cpu"
     if method != "none":
         args += f",retention_ratio={RATIO[family]}"
-    return args + (f",{extra}" if extra else "")
+    return args + (f",{extra.format(root=root)}" if extra else "")
 
 
 def evaluate(model_args: str, tasks, force_simple: bool = True) -> dict:
@@ -128,10 +128,12 @@ def test_unloadable_checkpoint_and_unsupported_method(clips, tmp_path):
 CASES = [("llava", m, "") for m in ("none", "visionzip", "holitom", "fastvid", "flashvid")] + [
     ("llava196", "prunevid", ""),
     ("llava", "visionzip", "use_stop=false"), ("llava", "holitom", "mu_s=0.05,mu_t=0"),
+    ("llava", "fastvid", "global_head={root}/siglip"),
     ("qwen", "none", ""), ("qwen", "visionzip", ""), ("qwen", "fastvid", "")]
 
 
-@pytest.mark.parametrize("family, method, extra", CASES, ids=["-".join(filter(None, c)) for c in CASES])
+@pytest.mark.parametrize("family, method, extra", CASES,
+                         ids=["-".join(filter(None, c)).replace("={root}/", "=") for c in CASES])
 def test_simple_evaluate_every_method(offline, recorder, family, method, extra):
     results = evaluate(_args(offline, family, method, extra), [C.GEN, C.MC])
     frames = FRAMES[family]
@@ -161,13 +163,16 @@ def test_simple_evaluate_every_method(offline, recorder, family, method, extra):
     else:
         # one pruning per request (2 questions, 5 choices), and LLaVA's check on a dummy video
         assert len(recorder.calls) == 7 + family.startswith("llava")
-        settings = recorder.calls[0][2]
+        settings = recorder.calls[-1][2]               # a real request (not the check at load time)
         assert settings["method"] == method and settings["retention_ratio"] == RATIO[family]
         given = dict(kv.split("=") for kv in extra.split(",") if kv)
         default = method != "prunevid"                   # PruneVid is a baseline without sink terms
         assert settings["use_stop"] is {"true": True, "false": False}.get(given.get("use_stop"), default)
-        for key in set(given) - {"use_stop"}:
+        for key in set(given) - {"use_stop", "global_head"}:
             assert settings[key] == float(given[key])
+        # FastVid's per-frame vectors: SigLIP's head (width 32) when given, else none
+        glob = settings["global_features"]
+        assert (glob is not None and glob.shape[-1] == 32) if "global_head" in given else glob is None
     # Multiple choice: the lowest loss wins, as lmms-eval scores it.
     hits = [min(range(len(s["filtered_resps"])), key=lambda i: s["filtered_resps"][i][0]) == s["doc"]["label"]
             for s in results["samples"][C.MC]]

@@ -232,7 +232,7 @@ def _siglip_head(checkpoint: str, device, dtype):
     except (OSError, ValueError) as exc:
         raise ModelArgsError(f"global_head={checkpoint!r}: cannot load a SigLIP vision model: "
                              f"{str(exc).splitlines()[0]}") from None
-    vm = siglip.vision_model
+    vm = getattr(siglip, "vision_model", siglip)   # transformers 5 holds the layers on the model itself
     if getattr(vm, "head", None) is None:
         raise ModelArgsError(f"global_head={checkpoint!r}: the checkpoint has no attention-pooling head "
                              "(vision_use_head is off)")
