@@ -20,9 +20,7 @@ RUNS = {   # name → (model_args, tasks, extra CLI flags)
     "holitom": ("pretrained={root}/llava,method=holitom,retention_ratio=0.25,frames=8", [C.GEN, C.MC],
                 ["--force_simple"]),
     "qwen": ("pretrained={root}/qwen,method=fastvid,retention_ratio=0.5,frames=4", [C.GEN], []),
-    "bad": ("pretrained={root}/llava,method=holitom,retention_ratio=2", [C.GEN], []),
 }
-BAD_LINE = "stop_fast --model_args: retention_ratio=2: expected a fraction of the video tokens in (0, 1]"
 
 
 def _command(root: Path, name: str) -> list[str]:
@@ -48,19 +46,26 @@ def _unpruned(root: Path) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The three CLI runs side by side (most of their time is importing), then the unpruned one."""
+    """The two CLI runs side by side with the unpruned one in this process (most of the time is
+    importing lmms-eval and indexing its built-in tasks, one core each)."""
     root = C.write_clips(tmp_path_factory.mktemp("lmms"))
     env = {**os.environ, **C.offline_env(root), "COLUMNS": "200"}
-    procs = {name: subprocess.Popen(_command(root, name), cwd=root, env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True) for name in RUNS}
-    done = {name: (p.communicate(timeout=600)[0], p.returncode) for name, p in procs.items()}
+    logs = {name: open(root / f"{name}.log", "w+") for name in RUNS}
+    procs = {name: subprocess.Popen(_command(root, name), cwd=root, env=env, stdout=logs[name],
+                                    stderr=subprocess.STDOUT) for name in RUNS}
     here = os.getcwd()
-    with mock.patch.dict(os.environ, C.offline_env(root)):
-        os.chdir(root)
-        try:
+    try:
+        with mock.patch.dict(os.environ, C.offline_env(root)):
+            os.chdir(root)
             _unpruned(root)
-        finally:
-            os.chdir(here)
+    finally:
+        os.chdir(here)
+        done = {}
+        for name, proc in procs.items():
+            rc = proc.wait(timeout=600)
+            logs[name].seek(0)
+            done[name] = (logs[name].read(), rc)
+            logs[name].close()
     return root, done
 
 
@@ -84,15 +89,6 @@ def test_cli_runs_write_results_with_the_counts(runs):
             key = f"avg_stop_fast/{task}/visual_tokens_after"
             mean = sum(c["visual_tokens_after"] for c in counts) / len(counts)
             assert results["throughput"][key] == pytest.approx(mean)
-
-
-def test_cli_bad_model_args_stop_the_run_with_one_line(runs):
-    root, done = runs
-    output, rc = done["bad"]
-    assert rc == 0                               # lmms-eval's CLI reports success anyway …
-    assert results_files(root / "out" / "bad") == []            # … but wrote nothing
-    assert sum(BAD_LINE in line for line in output.splitlines()) >= 1, output[-3000:]
-    assert "Error during evaluation: " + BAD_LINE in output
 
 
 def test_report_table_and_plot(runs, tmp_path, capsys):

@@ -27,7 +27,7 @@ from .. import video as V
 from ..runner import DTYPES, RunError, _load
 from . import compat
 from .measure import Sample, Tally, measured
-from .settings import NO_PRUNING, ModelArgsError, check_method, parse_settings
+from .settings import NO_PRUNING, ModelArgsError, parse_settings
 
 __all__ = ["StopFast", "StopFastChat"]
 
@@ -61,7 +61,6 @@ class StopFast(lmms):
         if self.method != NO_PRUNING:
             self._apply_stop()
         self.takes_types = "mm_token_type_ids" in inspect.signature(self.model.forward).parameters
-        self.batch_size_per_gpu = 1
         self._short_videos = set()
 
     @classmethod
@@ -72,7 +71,6 @@ class StopFast(lmms):
         from ..integrations import apply_stop
 
         s = self.settings
-        check_method(s, self.method)
         head = None
         if s.global_head is not None:
             if self.family != "llava":

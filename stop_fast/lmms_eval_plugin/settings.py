@@ -8,6 +8,7 @@ that names the argument, what it got and what was expected.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -62,8 +63,8 @@ def _count(name: str, value, least: int = 1) -> int:
 
 
 def _device(value) -> str:
-    if value is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
+    if value is None:   # one GPU per process when lmms-eval runs under `accelerate launch`
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(str(value))
     except RuntimeError:
