@@ -11,7 +11,7 @@ from pathlib import Path
 import tiny_models as tm
 
 TASKS = Path(__file__).resolve().parent / "lmms_eval_tasks"
-GEN, MC = "stop_fast_clips_gen", "stop_fast_clips_mc"
+GEN, MC, FRAME_LIST = "stop_fast_clips_gen", "stop_fast_clips_mc", "stop_fast_clips_frames"
 FRAMES = {"a.mp4": 12, "b.mp4": 10}
 QUESTIONS = [
     dict(video="a.mp4", question="what moves in the video ?", answer="a red square", choices=["left", "right"],

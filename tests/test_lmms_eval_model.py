@@ -194,6 +194,17 @@ def test_chat_class_reads_doc_to_messages(offline):
     assert [c["visual_tokens_after"] for c in _counts(results, C.GEN)] == [48, 48]
 
 
+def test_a_list_of_frames_is_read_like_the_file(offline):
+    """Tasks that give a video as its frames (PIL images) get the same sampling and inputs."""
+    frames = evaluate(_args(offline, "llava", "holitom"), [C.FRAME_LIST])
+    files = evaluate(_args(offline, "llava", "holitom"))
+    assert [s["filtered_resps"] for s in frames["samples"][C.FRAME_LIST]] == [
+        s["filtered_resps"] for s in files["samples"][C.GEN]]
+    untimed = [[{k: v for k, v in c.items() if not k.endswith("_ms")} for c in _counts(r, task)]
+               for r, task in ((frames, C.FRAME_LIST), (files, C.GEN))]
+    assert untimed[0] == untimed[1]
+
+
 # ----------------------------------------------------------------------------- against stop-fast run
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 
+import numpy as np
 import torch
 from lmms_eval.api.instance import GenerationResult
 from lmms_eval.api.model import lmms
@@ -85,22 +86,32 @@ class StopFast(lmms):
 
     # ------------------------------------------------------------------ one request
 
-    def _request(self, request) -> tuple[str, str, dict]:
-        """(video path, prompt text, generation_kwargs) of a generate_until request."""
+    def _request(self, request) -> tuple[object, str, dict]:
+        """(video file or frames, prompt text, generation_kwargs) of a generate_until request."""
         context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
         return _one_video(doc_to_visual(self.task_dict[task][split][doc_id]), task, doc_id), context, gen_kwargs
 
-    def _prepare(self, path: str, prompt: str, continuation: list[int] | None = None):
-        """Model inputs for one video and prompt (plus ``continuation`` ids, for scoring), and
-        the :class:`Sample` that will hold the request's numbers."""
+    def _prepare(self, video, prompt: str, continuation: list[int] | None = None):
+        """Model inputs for one video (a file, or a list of frames) and prompt (plus
+        ``continuation`` ids, for scoring), and the :class:`Sample` that will hold the request's
+        numbers."""
         family, frames = self.family, self.settings.frames
-        info = V.probe(path)
-        if info.frames < frames:      # sample what there is rather than stop the whole run
-            if path not in self._short_videos:
-                logger.warning(f"{path} has {info.frames} frames, fewer than frames={frames}: using all of them")
-                self._short_videos.add(path)
-            frames = info.frames
-        clip, _, info = V.read_frames(path, frames, _ROUNDING[family])
+        total = V.probe(video).frames if isinstance(video, str) else len(video)
+        if total < frames:      # sample what there is rather than stop the whole run
+            name = video if isinstance(video, str) else f"a list of {total} frames"
+            if name not in self._short_videos:
+                logger.warning(f"{name}: fewer frames than frames={frames}: using all {total} of them")
+                self._short_videos.add(name)
+            frames = total
+        if isinstance(video, str):
+            clip, _, info = V.read_frames(video, frames, _ROUNDING[family])
+        else:   # frames, as lmms-eval's frame-folder tasks give a video: sampled like a file's
+            picked = [np.asarray(video[i].convert("RGB") if hasattr(video[i], "convert") else video[i])
+                      for i in V.sample_indices(total, frames, _ROUNDING[family])]
+            if any(f.ndim != 3 or f.shape[-1] != 3 or f.shape != picked[0].shape for f in picked):
+                raise ValueError(f"video frames must share one (H, W, 3) shape, got {sorted({f.shape for f in picked})}")
+            clip = np.stack(picked).astype(np.uint8, copy=False)
+            info = V.VideoInfo(total, 0.0, clip.shape[2], clip.shape[1])    # no rate: Qwen's default applies
         prepared = V.prepare_inputs(family, clip, info, self.model.config, self.pcfg, self.tokenizer, self.template,
                                     prompt, takes_token_types=self.takes_types)
         inputs = dict(prepared.inputs)
@@ -114,7 +125,7 @@ class StopFast(lmms):
                       v.to(self.device)) for k, v in inputs.items()}
         return inputs, Sample(frames, prepared.video_tokens, int(inputs["input_ids"].shape[1]))
 
-    def _generate_one(self, path: str, prompt: str, gen_kwargs: dict) -> tuple[str, Sample]:
+    def _generate_one(self, path, prompt: str, gen_kwargs: dict) -> tuple[str, Sample]:
         gen = _generation_settings(gen_kwargs, self.settings.max_new_tokens)
         until = gen.pop("until")
         inputs, sample = self._prepare(path, prompt)
@@ -128,7 +139,7 @@ class StopFast(lmms):
             text = text.split(stop)[0]
         return text, sample
 
-    def _score_one(self, path: str, context: str, continuation: str) -> tuple[float, bool, Sample]:
+    def _score_one(self, path, context: str, continuation: str) -> tuple[float, bool, Sample]:
         cont = list(self.tokenizer(continuation, add_special_tokens=False)["input_ids"])
         if not cont:
             raise ValueError(f"the continuation {continuation!r} encodes to no tokens; nothing to score")
@@ -180,7 +191,7 @@ class StopFastChat(StopFast):
 
     is_simple = False
 
-    def _request(self, request) -> tuple[str, str, dict]:
+    def _request(self, request) -> tuple[object, str, dict]:
         from lmms_eval.protocol import ChatMessages
 
         _, doc_to_messages, gen_kwargs, doc_id, task, split = request.args
@@ -190,21 +201,24 @@ class StopFastChat(StopFast):
             raise ValueError(f"task {task}, doc {doc_id}: stop_fast takes one user turn (a video and text), got "
                              f"the turns {roles}")
         images, videos, audios = chat.extract_media()
-        if images or audios:
-            raise ValueError(f"task {task}, doc {doc_id}: stop_fast evaluates video tasks, got "
-                             f"{len(images)} image(s) and {len(audios)} audio clip(s)")
+        if audios or (images and videos):
+            raise ValueError(f"task {task}, doc {doc_id}: stop_fast evaluates one video per document, got "
+                             f"{len(videos)} video(s), {len(images)} image(s) and {len(audios)} audio clip(s)")
         text = "\n".join(c.text for c in chat.messages[0].content if c.type == "text")
-        return _one_video(videos, task, doc_id), text, gen_kwargs
+        return _one_video(videos or images, task, doc_id), text, gen_kwargs     # images: the video's frames
 
 
-def _one_video(visuals, task: str, doc_id) -> str:
-    """The single video file of one document (the project's video path reads files)."""
+def _one_video(visuals, task: str, doc_id):
+    """The one video of a document: a file path, or the list of its frames (PIL images or
+    (H, W, 3) uint8 arrays), which some lmms-eval tasks give instead of a file."""
     visuals = [visuals] if isinstance(visuals, str) else list(visuals or [])
-    if len(visuals) != 1 or not isinstance(visuals[0], str):
-        kinds = [type(v).__name__ for v in visuals]
-        raise ValueError(f"task {task}, doc {doc_id}: stop_fast needs exactly one video file per document, "
-                         f"got {kinds or 'none'}")
-    return visuals[0]
+    if len(visuals) == 1 and isinstance(visuals[0], str):
+        return visuals[0]
+    if visuals and all(hasattr(v, "convert") or (isinstance(v, np.ndarray) and v.dtype == np.uint8) for v in visuals):
+        return visuals
+    kinds = sorted({type(v).__name__ for v in visuals})
+    raise ValueError(f"task {task}, doc {doc_id}: stop_fast needs one video per document (a file path or a list of "
+                     f"frames), got {len(visuals)} visual(s) of type {kinds or 'none'}")
 
 
 def _generation_settings(gen_kwargs: dict | None, default_max_new: int) -> dict:

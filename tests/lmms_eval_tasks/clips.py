@@ -17,3 +17,11 @@ def doc_to_text(doc):
 
 def doc_to_choice(doc):
     return doc["choices"]
+
+
+def doc_to_frames(doc):
+    """The clip as a list of PIL frames, the way lmms-eval's frame-folder tasks give a video."""
+    import av
+
+    with av.open(doc["video"]) as container:
+        return [frame.to_image() for frame in container.decode(video=0)]
