@@ -17,7 +17,7 @@ pytest.importorskip("lmms_eval", reason="lmms-eval is installed by `make test` (
 from stop_fast.lmms_eval_plugin import model as M  # noqa: E402
 from stop_fast.lmms_eval_plugin.settings import ModelArgsError  # noqa: E402
 
-FRAMES = {"llava": 8, "llava196": 8, "qwen": 4}
+FRAMES = {"llava": 8, "llava196": 4, "qwen": 4}
 RATIO = {"llava": 0.25, "llava196": 0.25, "qwen": 0.5}
 
 
