@@ -8,6 +8,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
+# lmms-eval without its declared dependencies (they pull torchvision and a CUDA torch); the
+# `eval` extra holds what its evaluator imports. See setup.py.
+LMMS_EVAL_SPEC ?= lmms-eval==0.7.3
 # Triton runs through its interpreter where no NVIDIA GPU is visible.
 INTERPRET ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo 0 || echo 1)
 
@@ -16,7 +19,8 @@ INTERPRET ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo 0 || echo 1)
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e ".[test,plot,video]"
+	$(PY) -m pip install -q -e ".[test,plot,video,eval]"
+	$(PY) -m pip install -q --no-deps "$(LMMS_EVAL_SPEC)"
 	touch $@
 
 demo: $(VENV)/.installed

@@ -11,6 +11,13 @@ HERE = Path(__file__).parent
 
 TEST = ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6"]
 PLOT = ["matplotlib>=3.7"]
+# What lmms-eval's evaluator and CLI import, without lmms-eval's own metadata: that requires
+# torchvision (whose registry build breaks imports beside a CPU torch, and would swap the CPU
+# torch for a CUDA one), which neither the evaluator nor stop_fast's video path needs. Install
+# lmms-eval itself with `pip install --no-deps "lmms-eval==0.7.3"` (the Makefile does).
+# filelock<4: lmms-eval 0.7.3's evaluator imports filelock._api, which filelock 4 removed.
+EVAL = ["filelock<4", "accelerate>=0.29.1", "datasets>=2.19.0", "evaluate>=0.4.0", "loguru", "pytablewriter",
+        "sacrebleu>=1.5.0", "tenacity>=8.3.0", "pytz", "pillow", "pyyaml", "tqdm", "av>=14", *PLOT]
 
 setup(
     name="stop_fast",
@@ -26,6 +33,7 @@ setup(
         "stop_fast.bench",
         "stop_fast.pipelines",
         "stop_fast.integrations",
+        "stop_fast.lmms_eval_plugin",
     ],
     package_dir={
         "stop_fast": "stop_fast",
@@ -44,9 +52,14 @@ setup(
         "flash": ["flash-attn>=2.6"],
         "video": ["av>=14"],
         "plot": PLOT,
+        "eval": EVAL,
         "dev": TEST + PLOT + ["av>=14"],
     },
-    entry_points={"console_scripts": ["stop-fast=stop_fast.cli:main"]},
+    entry_points={
+        "console_scripts": ["stop-fast=stop_fast.cli:main"],
+        # lmms-eval >= 0.7 loads model manifests from this group: `--model stop_fast`.
+        "lmms_eval.models": ["stop_fast=stop_fast.lmms_eval_plugin:manifest"],
+    },
     classifiers=[
         "Programming Language :: Python :: 3",
         "Operating System :: POSIX :: Linux",

@@ -11,6 +11,7 @@ Sink-Token-aware Pruning (SToP) of video tokens for Video LLMs.
   stop-fast run VIDEO --model MODEL --prompt TEXT   answer a question about a video, with SToP
   stop-fast demo                                    SToP on a synthetic video, every backend
   stop-fast bench                                   benchmark suites (stop-fast bench --help)
+  stop-fast report RESULTS...                       lmms-eval results of --model stop_fast → table + plot
 """
 
 
@@ -49,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     from . import __version__
     parser = _Parser(prog="stop-fast", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"stop-fast {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,demo,bench}",
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,demo,bench,report}",
                                 parser_class=_Parser)
 
     run = sub.add_parser("run", help="answer a question about a video file with a HF Video LLM + SToP",
@@ -93,6 +94,17 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--viz", metavar="DIR", default=None,
                       help="write PNGs of the sink scores and kept tokens (HoliTom, with and without SToP) to DIR")
     sub.add_parser("bench", help="benchmark suites (see stop-fast bench --help)", add_help=False)
+
+    report = sub.add_parser("report", help="lmms-eval result folders → Markdown table + accuracy-vs-retention plot",
+                            description="Read every *_results.json of lmms-eval runs of --model stop_fast under "
+                                        "RESULTS and write report.md and accuracy_vs_retention.png: one row per run "
+                                        "and task (method, asked and measured retention, visual tokens, scoring + "
+                                        "selection and prefill times, score), one line per method in the plot.")
+    report.add_argument("results", nargs="+", help="lmms-eval --output_path folders (or *_results.json files)")
+    report.add_argument("--out", default=None, help="where to write report.md and the plot (default: the first RESULTS "
+                                                    "folder)")
+    report.add_argument("--metric", default=None, help="the score to report (default: each task's first metric)")
+    report.set_defaults(device=None)
     return parser
 
 
@@ -124,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
             from stop_fast.demo import run_demo
             return run_demo(frames=args.frames, grid=tuple(args.grid), dim=args.dim, retention=args.retention,
                             device=args.device, backends=args.backends, seed=args.seed, viz=args.viz)
+        if args.command == "report":
+            from stop_fast.lmms_eval_plugin.report import run_report
+            return run_report(args)
         from stop_fast.runner import run
         return run(args)
     except KeyboardInterrupt:
@@ -134,9 +149,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report(command: str, exc: Exception) -> int:
+    from stop_fast.lmms_eval_plugin.report import ReportError
     from stop_fast.runner import RunError
     from stop_fast.video import VideoError
-    if isinstance(exc, (_Fail, RunError, VideoError)):
+    if isinstance(exc, (_Fail, RunError, VideoError, ReportError)):
         print(f"stop-fast {command}: error: {exc}", file=sys.stderr)
         return 2
     if os.environ.get("STOP_FAST_TRACEBACK"):

@@ -59,18 +59,21 @@ def _save_processor(out: Path, template: str, processor: dict) -> None:
     (out / "processor_config.json").write_text(json.dumps(processor, indent=2))
 
 
-def save_llava(out, seed: int = 0) -> Path:
+def save_llava(out, seed: int = 0, image_size: int = 56, patch_size: int = 7) -> Path:
+    """``image_size=378, patch_size=14`` gives LLaVA-OneVision's 27×27 patches pooled to 14×14 = 196
+    tokens per frame (PruneVid's grid)."""
     from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
 
     out = Path(out)
     vision = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=2, image_size=56, patch_size=7)
+                  num_attention_heads=2, image_size=image_size, patch_size=patch_size)
     text = dict(model_type="qwen2", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                 num_attention_heads=2, num_key_value_heads=1, vocab_size=64, max_position_embeddings=2048,
                 eos_token_id=IM_END, pad_token_id=PAD)
     cfg = LlavaOnevisionConfig(vision_config=vision, text_config=text, image_token_id=LLAVA_IMAGE,
                                video_token_id=LLAVA_VIDEO, vision_feature_layer=-1,
-                               vision_feature_select_strategy="full", image_grid_pinpoints=[[56, 56]])
+                               vision_feature_select_strategy="full",
+                               image_grid_pinpoints=[[image_size, image_size]])
     torch.manual_seed(seed)
     model = LlavaOnevisionForConditionalGeneration(cfg).eval()
     model.generation_config.pad_token_id = PAD
@@ -78,12 +81,12 @@ def save_llava(out, seed: int = 0) -> Path:
     model.save_pretrained(out)
     common = dict(do_convert_rgb=True, do_normalize=True, do_rescale=True, do_resize=True, resample=3,
                   rescale_factor=1 / 255, image_mean=CLIP_MEAN, image_std=CLIP_STD,
-                  size={"height": 56, "width": 56})
+                  size={"height": image_size, "width": image_size})
     _save_processor(out, LLAVA_TEMPLATE, {
-        "processor_class": "LlavaOnevisionProcessor", "num_image_tokens": 64,
+        "processor_class": "LlavaOnevisionProcessor", "num_image_tokens": (image_size // patch_size) ** 2,
         "vision_feature_select_strategy": "full", "image_token": "<image>", "video_token": "<video>",
         "image_processor": {**common, "image_processor_type": "LlavaOnevisionImageProcessor",
-                            "do_pad": True, "image_grid_pinpoints": [[56, 56]]},
+                            "do_pad": True, "image_grid_pinpoints": [[image_size, image_size]]},
         "video_processor": {**common, "video_processor_type": "LlavaOnevisionVideoProcessor",
                             "do_sample_frames": False}})
     return out
