@@ -21,9 +21,9 @@ from .base import (
     Selection,
     Video,
 )
-from .budget import token_budget
 from .dpc_knn import dpc_knn
-from .entry import FastVid, FlashVid, HoliTom, PruneVid, Pruner, VisionZip, make_options, prune, run
+from .entry import (FastVid, FlashVid, HoliTom, PruneVid, Pruner, VisionZip, make_options, prune, run,
+                    token_budget)
 from .registry import METHODS, Method, get_method
 
 __all__ = [

@@ -2,7 +2,8 @@
 
 A serving engine sizes a video's placeholder run before the vision tower runs, so the tower
 must then return exactly that many embeddings. :func:`token_budget` gives B from the method,
-the grid (T frames × N tokens) and the settings alone; :func:`fit_budget` is the one
+the grid (T frames × N tokens) and the settings alone (:func:`budget_of`; from a method name:
+:func:`stop_fast.token_budget`); :func:`fit_budget` is the one
 post-selection step that brings a method's :class:`~.base.Selection` to B. It runs after the
 fast path or the twin alike (``run`` in :mod:`.entry`), so both keep the same positions.
 
@@ -35,7 +36,7 @@ from .. import api
 from .base import (KIND_CONTEXT, KIND_CONTEXTUAL, KIND_DIVERSE, KIND_DOMINANT, KIND_DYNAMIC,
                    KIND_MERGED, KIND_SALIENT, KIND_STATIC, Options, Selection, Video, to_device)
 
-__all__ = ["token_budget", "budget_of", "fit_budget", "FILL_KIND", "DROP_FIRST"]
+__all__ = ["budget_of", "fit_budget", "FILL_KIND", "DROP_FIRST"]
 
 # Kind given to a filled token, per method.
 FILL_KIND = {"visionzip": KIND_DOMINANT, "holitom": KIND_DYNAMIC, "fastvid": KIND_SALIENT,
@@ -58,24 +59,6 @@ def budget_of(opts: Options, T: int, N: int) -> int:
         from .flashvid import flashvid_budget
         return min(T * flashvid_budget(N, opts)[0], T * N)
     return max(1, math.floor(T * N * r))
-
-
-def token_budget(method: str, T: int, N: int, retention_ratio: float, **options) -> int:
-    """The exact token count B that ``method`` keeps with ``exact_budget=True`` on a video of
-    T frames × N tokens at ``retention_ratio`` (method options as for :func:`stop_fast.prune`,
-    e.g. VisionZip ``tokens_per_frame``, FlashVid ``expansion``), without running anything.
-
-    Raises the same errors as :func:`stop_fast.prune` for settings that cannot work on the grid.
-    """
-    from .. import _checks as C
-    from .entry import make_options
-    T, N = C.integer("T", T, 1, 2**31 - 1), C.integer("N", N, 1, 2**31 - 1)
-    options.pop("exact_budget", None)
-    opts = make_options(method, retention_ratio, **options)
-    check = getattr(opts, "check_video", None)
-    if check is not None:
-        check(T, N, 1)             # the same shape rules prune() applies
-    return budget_of(opts, T, N)
 
 
 def _scores(sel: Selection, video: Video, opts: Options) -> torch.Tensor:

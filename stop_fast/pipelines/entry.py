@@ -16,10 +16,10 @@ from .. import api
 from .. import reference as R
 from ..dispatch import resolve
 from .base import SINK_EPS, Options, PrunedVideo, Video, build_result
-from .budget import fit_budget
+from .budget import budget_of, fit_budget
 from .registry import METHODS, Method, get_method
 
-__all__ = ["prune", "make_options", "run", "Pruner", "VisionZip", "HoliTom", "FastVid", "FlashVid",
+__all__ = ["prune", "make_options", "token_budget", "run", "Pruner", "VisionZip", "HoliTom", "FastVid", "FlashVid",
            "PruneVid"]
 
 _COMMON = ("retention_ratio", "use_stop", "mu_s", "gamma", "backend", "exact_budget")
@@ -42,6 +42,22 @@ def make_options(method: str, retention_ratio, **settings) -> Options:
     given = frozenset(k for k, v in settings.items() if v is not None)
     opts = cls(retention_ratio=retention_ratio, **{k: v for k, v in settings.items() if v is not None})
     return opts.validated(given)
+
+
+def token_budget(method: str, T: int, N: int, retention_ratio: float, **options) -> int:
+    """The exact token count B that ``method`` keeps with ``exact_budget=True`` on a video of
+    T frames × N tokens at ``retention_ratio`` (method options as for :func:`stop_fast.prune`,
+    e.g. VisionZip ``tokens_per_frame``, FlashVid ``expansion``), without running anything.
+
+    Raises the same errors as :func:`stop_fast.prune` for settings that cannot work on the grid.
+    """
+    T, N = C.integer("T", T, 1, 2**31 - 1), C.integer("N", N, 1, 2**31 - 1)
+    options.pop("exact_budget", None)
+    opts = make_options(method, retention_ratio, **options)
+    check = getattr(opts, "check_video", None)
+    if check is not None:
+        check(T, N, 1)             # the same shape rules prune() applies
+    return budget_of(opts, T, N)
 
 
 def prune(features: torch.Tensor, attention: torch.Tensor | None = None, *, method: str,
