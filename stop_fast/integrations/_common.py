@@ -365,6 +365,8 @@ def make_pruner(model_class: str, methods: tuple[str, ...], method, retention_ra
     for name in ("metric", "global_features"):
         if name in options:
             raise TypeError(f"{name} must not be passed: it is computed from the model")
+    from ..pipelines import get_method
+    get_method(method)              # an unknown name: the error stop_fast.prune gives
     if method not in methods:
         raise ValueError(f"method={method!r} is not supported for {model_class}; expected one of "
                          f"{methods}")
