@@ -2,7 +2,8 @@
 checkpoints of :mod:`vllm_case`, unpruned and with each method + SToP at r = 0.2, through
 vLLM's CPU build and the plugin (run from the repository root in the vLLM virtualenv:
 ``.venv-vllm/bin/python tests_vllm/measure_table.py``). Each row: median over REPEATS timed
-``LLM.generate`` calls (one video, 6 greedy tokens) after one untimed warm-up call."""
+``LLM.generate`` calls (one video, 6 greedy tokens, no prefix or processor cache) after one
+untimed warm-up call."""
 import os
 import statistics
 import sys
@@ -26,7 +27,8 @@ def main():
     for family in ("llava", "qwen"):
         for method in (None, "visionzip", "holitom", "fastvid", "flashvid", "prunevid"):
             settings = V.settings_of(method, None)
-            llm = V.make_llm(ckpts[family], settings)
+            # No prefix or processor cache: every timed call preprocesses, encodes and prefills anew.
+            llm = V.make_llm(ckpts[family], settings, enable_prefix_caching=False, mm_processor_cache_gb=0)
             req = {"prompt": V.prompt(family), "multi_modal_data": {"video": (V.video(family), V.metadata(family))}}
             params = SamplingParams(max_tokens=V.MAX_NEW, temperature=0, ignore_eos=True)
             llm.generate(req, params, use_tqdm=False)

@@ -77,6 +77,12 @@ class VerifyConfig:
         settings = read(vllm_config.additional_config)
         if settings is not None:
             make_pruner(settings, cls.model_class)
+            tp = vllm_config.parallel_config.tensor_parallel_size
+            if tp != 1:
+                # Each rank's vision attention holds a share of the heads; scores from a share
+                # would differ between ranks, and so would their selections.
+                raise ValueError(f"stop_fast needs tensor_parallel_size=1 (the score averages every "
+                                 f"attention head of the scored vision block), got {tp}")
             if cls.tokens_per_frame is not None:      # shape rules (PruneVid's 196, budgets > 0)
                 budget(settings, 2, cls.tokens_per_frame(vllm_config.model_config))
         attach(vllm_config.model_config, settings)

@@ -75,7 +75,7 @@ class StopLlavaOnevision(LlavaOnevisionForConditionalGeneration):
         if self.stop_pruner is None:
             return super()._process_video_pixels(inputs)
         pixels = inputs["pixel_values_videos"]
-        videos = list(pixels) if isinstance(pixels, torch.Tensor) else list(pixels)
+        videos = list(pixels)            # (V, T, C, H, W) tensor or a list of (T_v, C, H, W)
         frames = [v.shape[0] for v in videos]
         layers = self.vision_tower.vision_model.encoder.layers
         attn = kernel_module(layers[-1].self_attn)      # the tower is cut at the feature layer
