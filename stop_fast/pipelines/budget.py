@@ -1,11 +1,11 @@
 """Exact budgets: every method keeps exactly B(T, N, r) tokens (``exact_budget=True``).
 
 A serving engine sizes a video's placeholder run before the vision tower runs, so the tower
-must then return exactly that many embeddings. :func:`token_budget` gives B from the method,
-the grid (T frames × N tokens) and the settings alone (:func:`budget_of`; from a method name:
-:func:`stop_fast.token_budget`); :func:`fit_budget` is the one
-post-selection step that brings a method's :class:`~.base.Selection` to B. It runs after the
-fast path or the twin alike (``run`` in :mod:`.entry`), so both keep the same positions.
+must then return exactly that many embeddings. :func:`budget_of` gives B from the validated
+settings and the grid (T frames × N tokens) alone (from a method name:
+:func:`stop_fast.token_budget`); :func:`fit_budget` is the one post-selection step that brings
+a method's :class:`~.base.Selection` to B. It runs after the fast path or the twin alike
+(``run`` in :mod:`.entry`), so both keep the same positions.
 
 B per method (float64, products evaluated left to right):
 
@@ -22,8 +22,9 @@ Drop (M > B): remove the M − B lowest-ranked kept tokens: by kind (HoliTom dyn
 static, FlashVid merged before ADTS picks, FastVid context before salient, VisionZip
 contextual before dominant), then by ã at the token's position, lowest first; PruneVid
 drops the kept tokens most similar to another kept token. Ties: a drop takes the earlier
-token in output order, a fill the lower t·N + i. Kept tokens stay in their order; a filled token goes right after
-the last kept token of its frame or an earlier one. No host sync: M is a shape.
+token in output order, a fill the lower t·N + i. Kept tokens stay in their order; a filled
+token goes right after the last kept token of its frame or an earlier one. No host sync: M is
+a shape.
 """
 from __future__ import annotations
 
@@ -34,17 +35,17 @@ import torch.nn.functional as F
 
 from .. import api
 from .base import (KIND_CONTEXT, KIND_CONTEXTUAL, KIND_DIVERSE, KIND_DOMINANT, KIND_DYNAMIC,
-                   KIND_MERGED, KIND_SALIENT, KIND_STATIC, Options, Selection, Video, to_device)
+                   KIND_MERGED, KIND_SALIENT, Options, Selection, Video, to_device)
 
 __all__ = ["budget_of", "fit_budget", "FILL_KIND", "DROP_FIRST"]
 
 # Kind given to a filled token, per method.
 FILL_KIND = {"visionzip": KIND_DOMINANT, "holitom": KIND_DYNAMIC, "fastvid": KIND_SALIENT,
              "flashvid": KIND_DIVERSE, "prunevid": KIND_DYNAMIC}
-# Kinds dropped first (lowest-ranked), per method; other kinds after them.
+# Kinds dropped first (lowest-ranked), per method; the other kinds (HoliTom's static tokens,
+# FlashVid's ADTS picks, …) after them.
 DROP_FIRST = {"visionzip": (KIND_CONTEXTUAL,), "holitom": (KIND_DYNAMIC,),
               "fastvid": (KIND_CONTEXT,), "flashvid": (KIND_MERGED,), "prunevid": ()}
-_ = KIND_STATIC   # HoliTom's and PruneVid's other kind, dropped after DROP_FIRST
 
 
 def budget_of(opts: Options, T: int, N: int) -> int:
