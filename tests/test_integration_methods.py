@@ -157,3 +157,22 @@ def test_nan_pixels_are_named(device):
                 model(input_ids=L._prompt(device), pixel_values_videos=pixels)
     finally:
         remove_stop(model)
+
+
+@pytest.mark.parametrize("method", ["holitom", "flashvid", "fastvid"])
+def test_llava_exact_budget_prefill(device, method):
+    """apply_stop(..., exact_budget=True): the prefill holds exactly token_budget(...) video
+    tokens (+ the newline), the count vLLM's placeholders are sized to."""
+    from stop_fast import token_budget
+    model = L._tiny_model(device)
+    pixels, ids = L._video(device, 0), L._prompt(device)
+    try:
+        with warnings.catch_warnings():      # FastVid's fallback warns once per process
+            warnings.simplefilter("ignore", UserWarning)
+            apply_stop(model, method=method, retention_ratio=0.25, exact_budget=True)
+            logits, _ = L._forward_seen(model, ids, pixels)
+        B = token_budget(method, L.T, L.POOLED, 0.25)
+        assert last_pruned(model)[0].pruned.num_tokens == B
+        assert logits.shape[1] == 2 + 3 + B + 1                    # text + pruned + newline
+    finally:
+        remove_stop(model)
