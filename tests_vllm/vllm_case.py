@@ -38,6 +38,8 @@ def video(family: str) -> np.ndarray:
 
 
 def metadata(family: str) -> dict:
+    """vLLM takes a decoded clip as (frames, metadata): without the dict its processors cannot
+    tell the frame rate (Qwen's temporal positions) and reject a bare array."""
     T = FRAMES[family]
     return {"fps": FPS, "total_num_frames": T, "duration": T / FPS, "frames_indices": list(range(T)),
             "video_backend": "pyav", "do_sample_frames": False}
