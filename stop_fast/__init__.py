@@ -26,7 +26,7 @@ __version__ = "0.1.0"
 _LAZY = {
     **{name: "stop_fast.pipelines" for name in (
         "prune", "PrunedVideo", "METHODS", "Pruner", "VisionZip", "HoliTom", "FastVid",
-        "FlashVid", "PruneVid")},
+        "FlashVid", "PruneVid", "token_budget")},
     **{name: "stop_fast.integrations" for name in ("apply_stop", "remove_stop", "last_pruned")},
 }
 

@@ -114,29 +114,36 @@ def test_llava_prunevid_prefill(device, recorder):
         apply_stop(model, method="prunevid", retention_ratio=0.2, use_stop=True)
 
 
-def test_qwen_fastvid_prefill(device, recorder):
+@pytest.mark.parametrize("method,ratio", [("fastvid", 0.5), ("holitom", 0.25), ("flashvid", 0.25),
+                                          ("visionzip", 0.25)])
+def test_qwen_prefill_every_method(device, recorder, method, ratio):
     model = Q._tiny_model(device)
     pixels, grid = video = Q._video(device, Q.GRID_A, 0)
     kw = Q._inputs(model, device, [((1, 5), (3, 4, 6))], [video])
     t, n = Q._merged(Q.GRID_A)
     feats = Q._unpatched_features(model, pixels, grid)[0].view(t, n, -1)
-    scores, _ = Q._hand_scores(model, pixels, grid)
+    scores, metric = Q._hand_scores(model, pixels, grid)
     g = feats.float().mean(dim=1)                                   # SPEC §14: mean merged token
-    expected = recorder.prune(feats, scores, method="fastvid", retention_ratio=0.5, global_features=g)
+    extra = {"fastvid": {"global_features": g}}.get(method, {})
     try:
-        apply_stop(model, method="fastvid", retention_ratio=0.5)
+        apply_stop(model, method=method, retention_ratio=ratio)
         with torch.no_grad():
             logits = model(**kw).logits
         (got_feats, got_scores, got_kw, pruned), = recorder.calls
-        assert got_kw["mu_s"] == 0.02                               # attention scale (SPEC §14)
-        torch.testing.assert_close(got_kw["global_features"], g, rtol=0, atol=1e-6)
+        if method == "fastvid":
+            assert got_kw["mu_s"] == 0.02                           # attention scale (SPEC §14)
+            torch.testing.assert_close(got_kw["global_features"], g, rtol=0, atol=1e-6)
+        if method == "visionzip":
+            extra = {"metric": got_kw["metric"]}                    # head-mean keys: test_integration_qwen
         torch.testing.assert_close(got_scores, scores, rtol=1e-4, atol=1e-7)
+        expected = recorder.prune(got_feats, got_scores, method=method, retention_ratio=ratio, **extra)
         assert torch.equal(pruned.positions, expected.positions)
         M = expected.tokens.shape[0]
         assert logits.shape[1] == kw["input_ids"].shape[1] - t * n + M
         assert last_pruned(model)[0].grid == (Q.GRID_A[1] // 2, Q.GRID_A[2] // 2)
     finally:
         remove_stop(model)
+    del metric
 
 
 def test_nan_pixels_are_named(device):
@@ -148,5 +155,24 @@ def test_nan_pixels_are_named(device):
         with pytest.raises(ValueError, match="pixel_values_videos contains NaN"):
             with torch.no_grad():
                 model(input_ids=L._prompt(device), pixel_values_videos=pixels)
+    finally:
+        remove_stop(model)
+
+
+@pytest.mark.parametrize("method", ["holitom", "flashvid", "fastvid"])
+def test_llava_exact_budget_prefill(device, method):
+    """apply_stop(..., exact_budget=True): the prefill holds exactly token_budget(...) video
+    tokens (+ the newline), the count vLLM's placeholders are sized to."""
+    from stop_fast import token_budget
+    model = L._tiny_model(device)
+    pixels, ids = L._video(device, 0), L._prompt(device)
+    try:
+        with warnings.catch_warnings():      # FastVid's fallback warns once per process
+            warnings.simplefilter("ignore", UserWarning)
+            apply_stop(model, method=method, retention_ratio=0.25, exact_budget=True)
+            logits, _ = L._forward_seen(model, ids, pixels)
+        B = token_budget(method, L.T, L.POOLED, 0.25)
+        assert last_pruned(model)[0].pruned.num_tokens == B
+        assert logits.shape[1] == 2 + 3 + B + 1                    # text + pruned + newline
     finally:
         remove_stop(model)

@@ -305,8 +305,8 @@ def test_vision_tower_never_runs_eager_attention(model, recorder, device, monkey
 def test_errors(model, device):
     with pytest.raises(TypeError, match="Qwen2_5_VLForConditionalGeneration"):
         apply_stop(torch.nn.Linear(2, 2))
-    with pytest.raises(ValueError, match=r"not supported for Qwen2_5_VLForConditionalGeneration; expected one of \('visionzip', 'fastvid'\)"):
-        apply_stop(model, method="holitom", retention_ratio=0.25)
+    with pytest.raises(ValueError, match="method must be one of"):
+        apply_stop(model, method="tango", retention_ratio=0.25)
     with pytest.raises(ValueError, match="method"):
         apply_stop(model, method="tome")
     with pytest.raises(TypeError, match="metric"):
@@ -319,6 +319,9 @@ def test_errors(model, device):
     kw = _inputs(model, device, [((1,), (2,))], [video])
     apply_stop(model, method="visionzip", retention_ratio=0.05)   # int(12 · 0.05) = 0 tokens per group
     with pytest.raises(ValueError, match="keeps"):
+        model(**kw)
+    apply_stop(model, method="prunevid", retention_ratio=0.5)     # its 14×14 grid (SPEC §11)
+    with pytest.raises(ValueError, match="prunevid needs N = 196"):
         model(**kw)
     apply_stop(model, method="visionzip", retention_ratio=0.5)
     wrong = dict(kw, input_ids=kw["input_ids"][:, 3:])

@@ -59,15 +59,16 @@ def _save_processor(out: Path, template: str, processor: dict) -> None:
     (out / "processor_config.json").write_text(json.dumps(processor, indent=2))
 
 
-def save_llava(out, seed: int = 0, image_size: int = 56, patch_size: int = 7) -> Path:
-    """``image_size=378, patch_size=14`` gives LLaVA-OneVision's 27×27 patches pooled to 14×14 = 196
-    tokens per frame (PruneVid's grid)."""
+def save_llava(out, seed: int = 0, *, width: int = 32, image_size: int = 56, patch_size: int = 7) -> Path:
+    """``width``: the LLM's hidden size (2 heads; vLLM's CPU attention needs a head dim ≥ 32,
+    so width 64 there); ``image_size``/``patch_size``: the SigLIP frame (378/14 gives
+    LLaVA-OneVision's 27×27 patches pooled to 14×14 = 196 tokens)."""
     from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
 
     out = Path(out)
     vision = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                   num_attention_heads=2, image_size=image_size, patch_size=patch_size)
-    text = dict(model_type="qwen2", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    text = dict(model_type="qwen2", hidden_size=width, intermediate_size=64, num_hidden_layers=2,
                 num_attention_heads=2, num_key_value_heads=1, vocab_size=64, max_position_embeddings=2048,
                 eos_token_id=IM_END, pad_token_id=PAD)
     cfg = LlavaOnevisionConfig(vision_config=vision, text_config=text, image_token_id=LLAVA_IMAGE,
@@ -92,18 +93,22 @@ def save_llava(out, seed: int = 0, image_size: int = 56, patch_size: int = 7) ->
     return out
 
 
-def save_qwen(out, seed: int = 0) -> Path:
+def save_qwen(out, seed: int = 0, *, width: int = 32, max_pixels: int = 64 * 64) -> Path:
+    """``width``: the LLM's hidden size (2 heads; 64 for vLLM's CPU attention);
+    ``max_pixels``: the processor's largest frame (112·112 keeps a 112×112 frame: 28×28
+    patches, 14×14 = 196 merged tokens)."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     out = Path(out)
     cfg = Qwen2_5_VLConfig(
-        vision_config=dict(depth=3, hidden_size=32, out_hidden_size=32, num_heads=2, intermediate_size=64,
+        vision_config=dict(depth=3, hidden_size=32, out_hidden_size=width, num_heads=2, intermediate_size=64,
                            patch_size=4, temporal_patch_size=2, spatial_merge_size=2, window_size=16,
                            fullatt_block_indexes=[0, 1], tokens_per_second=2),
-        text_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+        text_config=dict(hidden_size=width, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
                          vocab_size=64, intermediate_size=64, bos_token_id=None, eos_token_id=IM_END,
                          pad_token_id=PAD, max_position_embeddings=2048,
-                         rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}),
+                         rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3] if width == 32
+                                       else [4, 6, 6]}),
         image_token_id=QWEN_IMAGE, video_token_id=QWEN_VIDEO, vision_start_token_id=QWEN_VS,
         vision_end_token_id=QWEN_VE)
     torch.manual_seed(seed)
@@ -113,7 +118,7 @@ def save_qwen(out, seed: int = 0) -> Path:
     model.save_pretrained(out)
     common = dict(do_convert_rgb=True, do_normalize=True, do_rescale=True, do_resize=True, resample=3,
                   rescale_factor=1 / 255, image_mean=CLIP_MEAN, image_std=CLIP_STD, patch_size=4,
-                  temporal_patch_size=2, merge_size=2, size={"shortest_edge": 8 * 8 * 4, "longest_edge": 64 * 64})
+                  temporal_patch_size=2, merge_size=2, size={"shortest_edge": 8 * 8 * 4, "longest_edge": max_pixels})
     _save_processor(out, QWEN_TEMPLATE, {
         "processor_class": "Qwen2_5_VLProcessor",
         "image_processor": {**common, "image_processor_type": "Qwen2VLImageProcessor"},

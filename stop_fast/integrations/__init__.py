@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import importlib
 
-from ..pipelines.entry import Pruner
-from ._common import STATE_ATTR, ModelPatch, PruneRecord
+from ._common import STATE_ATTR, ModelPatch, PruneRecord, make_pruner
 
 __all__ = ["apply_stop", "remove_stop", "last_pruned", "MODELS", "SUPPORTED_MODELS", "PruneRecord"]
 
@@ -38,8 +37,9 @@ def apply_stop(model, method: str = "holitom", retention_ratio: float = 0.1,
     """Patch ``model`` in place so every video it sees is pruned; returns ``model``.
 
     Args:
-        model: a ``LlavaOnevisionForConditionalGeneration`` (every method) or a
-            ``Qwen2_5_VLForConditionalGeneration`` ("visionzip", "fastvid").
+        model: a ``LlavaOnevisionForConditionalGeneration`` or a
+            ``Qwen2_5_VLForConditionalGeneration`` (every method; PruneVid needs 196 tokens per
+            frame: LLaVA's 14×14 pooled grid, or a Qwen video of 28×28 patches).
         method: a method of :data:`stop_fast.pipelines.METHODS`.
         retention_ratio: fraction of video tokens kept, in (0, 1] (Qwen2.5-VL: of its merged
             tokens).
@@ -50,7 +50,8 @@ def apply_stop(model, method: str = "holitom", retention_ratio: float = 0.1,
             ``torch.nn.Sequential(siglip.vision_model.post_layernorm, siglip.vision_model.head)``
             of a ``SiglipVisionModel`` loaded from the SigLIP so400m checkpoint (SPEC §9).
             Without it FastVid segments on each frame's mean token, with a one-time warning.
-        **options: the method's options (``mu_s``, ``tau``, …; see :func:`stop_fast.prune`).
+        **options: the method's options (``mu_s``, ``tau``, …, and ``exact_budget``; see
+            :func:`stop_fast.prune`).
 
     The pruner and its settings are validated here, once. Calling again replaces the previous
     settings. Undo with :func:`remove_stop`.
@@ -59,15 +60,12 @@ def apply_stop(model, method: str = "holitom", retention_ratio: float = 0.1,
     for name in _OPTIONS_FROM_MODEL:
         if name in options:
             raise TypeError(f"{name} must not be passed to apply_stop: it is computed from the model")
-    if method not in cls.methods:
-        raise ValueError(f"method={method!r} is not supported for {cls.model_class}; expected one of "
-                         f"{cls.methods}")
+    pruner = make_pruner(cls.model_class, cls.methods, method, retention_ratio, use_stop, **options)
     if global_head is not None and method != "fastvid":
         raise ValueError(f"global_head is only used by method='fastvid', got method={method!r}")
     if global_head is not None and not callable(global_head):
         raise TypeError(f"global_head must be a module or callable, got {type(global_head).__name__}")
-    patch = cls(Pruner(method, retention_ratio, use_stop=use_stop, **options),
-                extras={"global_head": global_head})
+    patch = cls(pruner, extras={"global_head": global_head})
     patch.check(model)
     remove_stop(model)
     patch.install(model)

@@ -106,17 +106,25 @@ class QKCapture:
 
 @torch.no_grad()
 def frame_scores(cap: QKCapture, drop_first: bool, pool, with_metric: bool):
-    """Per-frame column-mean attention and (optionally) head-mean keys, pooled like the features.
-
-    Returns scores (BT, Np) float32 and metric (BT, Np, d) float32 or None. ``drop_first``
-    mirrors a feature-select strategy that drops the first (CLS) token; ``pool`` is the model's
-    own pooling of (BT, N, C) token grids.
-    """
+    """:func:`pooled_scores` of the q/k (and LSE, where recorded) that ``cap`` kept."""
     q, k = cap.heads()
-    scale = getattr(cap.attn, "scale", None)
     lse = cap.lse          # None where the block could not run an LSE kernel: recomputed then
     if lse is not None and tuple(lse.shape) != (q.shape[0], q.shape[2], q.shape[1]):
         lse = None         # not the call whose q/k were kept (cannot happen with one tower call)
+    return pooled_scores(q, k, getattr(cap.attn, "scale", None), lse, drop_first, pool, with_metric)
+
+
+@torch.no_grad()
+def pooled_scores(q: torch.Tensor, k: torch.Tensor, scale, lse, drop_first: bool, pool,
+                  with_metric: bool):
+    """Per-frame column-mean attention and (optionally) head-mean keys, pooled like the features.
+
+    q, k (BT, N, H, d) as the scored block used them; ``lse`` their (BT, H, N) row log-sum-exp
+    or None. Returns scores (BT, Np) float32 and metric (BT, Np, d) float32 or None.
+    ``drop_first`` mirrors a feature-select strategy that drops the first (CLS) token; ``pool``
+    is the model's own pooling of (BT, N, C) token grids. Shared by the transformers
+    integration and the vLLM plugin (SPEC §2).
+    """
     scores = column_mean_attention(q, k, scale=scale, layout="bnhd", lse=lse)
     metric = k.mean(dim=2, dtype=torch.float32) if with_metric else None
     if drop_first:

@@ -354,3 +354,40 @@ def check_pixels(name: str, pixels: torch.Tensor) -> None:
             C.finite(**{name: pixels})
         except ValueError as exc:
             raise ValueError(f"{exc} (the video passed to the model)") from None
+
+
+# ----------------------------------------------------------------------------- shared by every host
+
+def make_pruner(model_class: str, methods: tuple[str, ...], method, retention_ratio, use_stop=None,
+                **options) -> Pruner:
+    """The pruner of one model, validated once (the same errors as :func:`stop_fast.prune`).
+    ``metric`` and ``global_features`` are computed from the model, never passed."""
+    for name in ("metric", "global_features"):
+        if name in options:
+            raise TypeError(f"{name} must not be passed: it is computed from the model")
+    from ..pipelines import get_method
+    get_method(method)              # an unknown name: the error stop_fast.prune gives
+    if method not in methods:
+        raise ValueError(f"method={method!r} is not supported for {model_class}; expected one of "
+                         f"{methods}")
+    return Pruner(method, retention_ratio, use_stop=use_stop, **options)
+
+
+def prune_frames(pruner: Pruner, feats: torch.Tensor, scores: torch.Tensor, metric, glob,
+                 grid: tuple[int, int]) -> PruneRecord:
+    """Prune one video: feats (T, N, D), scores (T, N), metric (T, N, d) or None, glob (T, Dg) or
+    None (FastVid: the method's fallback), each read only where the method needs it."""
+    spec = pruner.options
+    from ..pipelines import get_method
+    m = get_method(spec.method)
+    pruned = pruner(feats, scores if m.uses_attention else None,
+                    metric=metric if m.needs_metric else None,
+                    global_features=glob if m.uses_global else None)
+    return PruneRecord(pruned, scores, grid)
+
+
+def source_index(pruned: PrunedVideo, per_frame: int) -> torch.Tensor:
+    """(M,) int64: the index t·N + i, in the video's unpruned token run, of the token each kept
+    row stands for (a merged token: its anchor / first frame and centre). Per-token positions
+    (Qwen2.5-VL's M-RoPE ids) follow their tokens through it."""
+    return pruned.positions[:, 0] * per_frame + pruned.positions[:, 1]

@@ -123,24 +123,34 @@ def window_reverse(visual: nn.Module, grid_thw: torch.Tensor, call_kwargs: dict)
 @torch.no_grad()
 def merged_scores(cap: QKVCapture, grids: list[list[int]], merge: int, reverse: torch.Tensor,
                   with_metric: bool):
-    """Column-mean attention per temporal patch group, merged like the tokens.
+    """:func:`group_scores` of the q/k (and LSE, where recorded) that ``cap`` kept."""
+    q, k = cap.qk()
+    lse = cap.lse                # None where the block could not run an LSE kernel: recomputed then
+    lse = lse[0] if lse is not None and tuple(lse.shape) == (1, q.shape[1], q.shape[0]) else None
+    return group_scores(q, k, cap.cu_seqlens, getattr(cap.attn, "scaling", None), lse, grids, merge,
+                        reverse, with_metric)
 
-    Returns scores (M,) float32 and metric (M, d) float32 (head-mean post-RoPE keys) or None, for
-    the M merged tokens of all videos in the merger's output order; each group's merged scores
-    sum to 1/merge².
+
+@torch.no_grad()
+def group_scores(q: torch.Tensor, k: torch.Tensor, cu_seqlens, scale, lse, grids: list[list[int]],
+                 merge: int, reverse: torch.Tensor, with_metric: bool):
+    """Column-mean attention per temporal patch group, merged like the tokens (SPEC §14).
+
+    q, k (L, H, d): the scored full-attention block's post-RoPE queries and keys in the tower's
+    window order; ``cu_seqlens`` the groups it attended within; ``lse`` (H, L) or None;
+    ``reverse`` the argsort of the window index. Returns scores (M,) float32 and metric (M, d)
+    float32 (head-mean keys) or None, for the M merged tokens of all videos in the merger's
+    output order; each group's merged scores sum to 1/merge². Shared by the transformers
+    integration and the vLLM plugin.
     """
     lengths = [h * w for t, h, w in grids for _ in range(t)]
     cu = [0]
     for n in lengths:
         cu.append(cu[-1] + n)
     # One small host copy: the full-attention groups must be the temporal patch groups.
-    if cap.cu_seqlens.tolist() != cu:
+    if [int(c) for c in cu_seqlens.tolist()] != cu:
         raise RuntimeError("the scored vision block does not attend within each temporal patch group "
-                           "(unexpected cu_seqlens); this transformers version is not supported")
-    q, k = cap.qk()
-    scale = getattr(cap.attn, "scaling", None)
-    lse = cap.lse                # None where the block could not run an LSE kernel: recomputed then
-    lse = lse[0] if lse is not None and tuple(lse.shape) == (1, q.shape[1], q.shape[0]) else None
+                           "(unexpected cu_seqlens); this version of the model code is not supported")
     scores, start = [], 0
     for t, h, w in grids:        # one call per video (frames of one video share a size)
         qv, kv = (x[start:start + t * h * w].view(t, h * w, *x.shape[1:]) for x in (q, k))
@@ -154,3 +164,23 @@ def merged_scores(cap: QKVCapture, grids: list[list[int]], merge: int, reverse: 
     if with_metric:
         metric = k.mean(dim=1, dtype=torch.float32).view(-1, unit, k.shape[-1]).mean(dim=1)[reverse]
     return scores, metric
+
+
+def prune_groups(pruner, feats, scores: torch.Tensor, metric, grids: list[list[int]], merge: int) -> list:
+    """Prune each video's (T', N') merged tokens: feats one (T'·N', D) tensor per video, scores
+    (M,) and metric (M, d) or None for all videos (:func:`group_scores`). FastVid's global
+    vector of a temporal group is its mean merged token (SPEC §14). Returns one
+    :class:`~._common.PruneRecord` per video; the grid is the merged (h, w)."""
+    from ..pipelines import get_method
+    from ._common import prune_frames
+    uses_global = get_method(pruner.options.method).uses_global
+    records, start = [], 0
+    for (t, h, w), f in zip(grids, feats):        # one pruning per video
+        n = t * h * w // merge ** 2
+        per = n // t
+        x, a = f.view(t, per, -1), scores[start:start + n].view(t, per)
+        m = metric[start:start + n].view(t, per, -1) if metric is not None else None
+        g = x.float().mean(dim=1) if uses_global else None
+        records.append(prune_frames(pruner, x, a, m, g, (h // merge, w // merge)))
+        start += n
+    return records

@@ -16,8 +16,7 @@ from __future__ import annotations
 import torch
 
 from ._capture import QKCapture, encoder_layers, feature_block, frame_scores
-from ._common import (ModelPatch, PruneRecord, VideoPlan, bind, check_pixels, fit_prompt,
-                      prompt_kwargs)
+from ._common import ModelPatch, VideoPlan, bind, check_pixels, fit_prompt, prompt_kwargs, prune_frames
 
 __all__ = ["LlavaOnevision"]
 
@@ -114,11 +113,9 @@ class LlavaOnevision(ModelPatch):
         side = round(Np ** 0.5)
         records = []
         for b in range(B):   # one pruning per video (a loop over videos, not tokens)
-            pruned = self.pruner(feats[b, :T * Np].view(T, Np, -1),
-                                 scores[b] if spec.uses_attention else None,
-                                 metric=None if metric is None else metric[b],
-                                 global_features=None if glob is None else glob[b])
-            records.append(PruneRecord(pruned, scores[b], (side, Np // side)))
+            records.append(prune_frames(self.pruner, feats[b, :T * Np].view(T, Np, -1), scores[b],
+                                        None if metric is None else metric[b],
+                                        None if glob is None else glob[b], (side, Np // side)))
         self.last = records
         runs = [torch.cat((r.pruned.tokens.to(feats.dtype), newline)) for r in records]
         plan = VideoPlan(full=T * Np + 1, kept=tuple(r.shape[0] for r in runs))

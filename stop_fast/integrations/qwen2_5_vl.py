@@ -1,5 +1,5 @@
-"""SToP for ``Qwen2_5_VLForConditionalGeneration``: VisionZip or FastVid + SToP on the merged
-tokens (SPEC §14). Four instance attributes are patched, nothing in the classes:
+"""SToP for ``Qwen2_5_VLForConditionalGeneration``: every host method (+ SToP) on the merged
+tokens of each temporal patch group (SPEC §14; the paper evaluates VisionZip and FastVid here). Four instance attributes are patched, nothing in the classes:
 
 * ``model.model.get_video_features`` runs the tower as configured while hooks keep the last
   full-attention block's q/k (:mod:`._qwen_vision`), scores each temporal patch group, prunes
@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ._common import (ModelPatch, PruneRecord, VideoPlan, bind, check_count, check_pixels, compact,
-                      keep_mask, prompt_kwargs, slots, source_columns)
-from ._qwen_vision import QKVCapture, merged_scores, scored_attention, window_reverse
+from ._common import (ModelPatch, VideoPlan, bind, check_count, check_pixels, compact, keep_mask,
+                      prompt_kwargs, slots, source_columns, source_index)
+from ._qwen_vision import QKVCapture, merged_scores, prune_groups, scored_attention, window_reverse
 
 __all__ = ["Qwen2_5_VL"]
 
@@ -59,10 +59,10 @@ class _Rope:
 
 
 class Qwen2_5_VL(ModelPatch):
-    """The patch of one Qwen2.5-VL model (methods "visionzip" and "fastvid", SPEC §14)."""
+    """The patch of one Qwen2.5-VL model (every method on the merged tokens, SPEC §14)."""
 
     model_class = "Qwen2_5_VLForConditionalGeneration"
-    methods = ("visionzip", "fastvid")
+    methods = ("visionzip", "holitom", "fastvid", "flashvid", "prunevid")
 
     def check(self, model) -> None:
         """Nothing beyond the pruner's own validation: the merged-token count per group depends
@@ -101,14 +101,14 @@ class Qwen2_5_VL(ModelPatch):
         return out.to_tuple() if want_tuple else out
 
     def _pruned_features(self, kw, grid):
-        visual, spec = self.inner.visual, self.spec
+        visual = self.inner.visual
         check_pixels("pixel_values_videos", kw.get("pixel_values_videos"))
         with QKVCapture(scored_attention(visual)) as cap:
             out = self.orig_features(**kw, return_dict=True)
         grids = grid.tolist()                 # host copy (the model makes the same one)
         merge = visual.spatial_merge_size
         scores, metric = merged_scores(cap, grids, merge, window_reverse(visual, grid, kw),
-                                       spec.needs_metric)
+                                       self.spec.needs_metric)
         feats = out.pooler_output
         sizes = [t * h * w // merge ** 2 for t, h, w in grids]
         if isinstance(feats, torch.Tensor):
@@ -116,24 +116,14 @@ class Qwen2_5_VL(ModelPatch):
         if [f.shape[0] for f in feats] != sizes:
             raise RuntimeError(f"unexpected video feature sizes {[tuple(f.shape) for f in feats]} for grids "
                                f"{grids}; this transformers version is not supported")
-        records, start = [], 0
-        for (t, h, w), f, n in zip(grids, feats, sizes):   # one pruning per video
-            per = n // t
-            x, a = f.view(t, per, -1), scores[start:start + n].view(t, per)
-            m = metric[start:start + n].view(t, per, -1) if metric is not None else None
-            # FastVid's global vector per temporal group: the mean merged token (SPEC §14).
-            g = x.float().mean(dim=1) if spec.uses_global else None
-            records.append(PruneRecord(self.pruner(x, a, metric=m, global_features=g), a,
-                                       (h // merge, w // merge)))
-            start += n
+        records = prune_groups(self.pruner, feats, scores, metric, grids, merge)
         self.last = records
         pruned = [r.pruned for r in records]
         out.pooler_output = tuple(p.tokens.to(f.dtype) for p, f in zip(pruned, feats))
         out.stop_pruned = pruned        # the PrunedVideo of each video (tokens, source positions)
         out.stop_plan = VideoPlan(full=tuple(sizes), kept=tuple(p.tokens.shape[0] for p in pruned))
         # Index of each kept token's source in its video's placeholder run (t'·N' + location).
-        out.stop_sources = [p.positions[:, 0] * (n // t) + p.positions[:, 1]
-                            for p, n, (t, _, _) in zip(pruned, sizes, grids)]
+        out.stop_sources = [source_index(p, n // t) for p, n, (t, _, _) in zip(pruned, sizes, grids)]
         return out
 
     # ------------------------------------------------------------------ prompt side

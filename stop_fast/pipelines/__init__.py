@@ -22,12 +22,13 @@ from .base import (
     Video,
 )
 from .dpc_knn import dpc_knn
-from .entry import FastVid, FlashVid, HoliTom, PruneVid, Pruner, VisionZip, make_options, prune, run
+from .entry import (FastVid, FlashVid, HoliTom, PruneVid, Pruner, VisionZip, make_options, prune, run,
+                    token_budget)
 from .registry import METHODS, Method, get_method
 
 __all__ = [
     "prune", "run", "make_options", "PrunedVideo", "Options", "Video", "Selection", "Pruner",
     "VisionZip", "HoliTom", "FastVid", "FlashVid", "PruneVid", "dpc_knn", "METHODS", "Method",
-    "get_method", "KIND_DOMINANT", "KIND_CONTEXTUAL", "KIND_STATIC", "KIND_DYNAMIC",
+    "get_method", "token_budget", "KIND_DOMINANT", "KIND_CONTEXTUAL", "KIND_STATIC", "KIND_DYNAMIC",
     "KIND_SALIENT", "KIND_CONTEXT", "KIND_DIVERSE", "KIND_MERGED", "KIND_NAMES",
 ]

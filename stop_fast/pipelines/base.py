@@ -40,7 +40,9 @@ class Options:
     may override :meth:`_check_fields` to validate them.
 
     ``use_stop=None`` and ``mu_s=None`` take the method's defaults (SPEC §13); after
-    :meth:`validated` they are concrete (``mu_s`` is 0 without SToP).
+    :meth:`validated` they are concrete (``mu_s`` is 0 without SToP). ``exact_budget=True``
+    brings every selection to exactly :func:`~.budget.token_budget` tokens (off by default:
+    the published selection).
     """
 
     retention_ratio: float
@@ -48,6 +50,7 @@ class Options:
     mu_s: float | None = None
     gamma: float = 1.1
     backend: str = "auto"
+    exact_budget: bool = False
 
     method: ClassVar[str] = ""
     default_use_stop: ClassVar[bool] = True
@@ -67,6 +70,8 @@ class Options:
         if not isinstance(self.backend, str) or self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         gamma = C.number("gamma", self.gamma, positive=True)
+        if not isinstance(self.exact_budget, bool):
+            raise TypeError(f"exact_budget must be a bool, got {type(self.exact_budget).__name__}")
         if not use_stop:
             for name in self.sink_fields:
                 value = getattr(self, name)

@@ -16,12 +16,13 @@ from .. import api
 from .. import reference as R
 from ..dispatch import resolve
 from .base import SINK_EPS, Options, PrunedVideo, Video, build_result
+from .budget import budget_of, fit_budget
 from .registry import METHODS, Method, get_method
 
-__all__ = ["prune", "make_options", "run", "Pruner", "VisionZip", "HoliTom", "FastVid", "FlashVid",
+__all__ = ["prune", "make_options", "token_budget", "run", "Pruner", "VisionZip", "HoliTom", "FastVid", "FlashVid",
            "PruneVid"]
 
-_COMMON = ("retention_ratio", "use_stop", "mu_s", "gamma", "backend")
+_COMMON = ("retention_ratio", "use_stop", "mu_s", "gamma", "backend", "exact_budget")
 
 
 def make_options(method: str, retention_ratio, **settings) -> Options:
@@ -43,10 +44,27 @@ def make_options(method: str, retention_ratio, **settings) -> Options:
     return opts.validated(given)
 
 
+def token_budget(method: str, T: int, N: int, retention_ratio: float, **options) -> int:
+    """The exact token count B that ``method`` keeps with ``exact_budget=True`` on a video of
+    T frames × N tokens at ``retention_ratio`` (method options as for :func:`stop_fast.prune`,
+    e.g. VisionZip ``tokens_per_frame``, FlashVid ``expansion``), without running anything.
+
+    Raises the same errors as :func:`stop_fast.prune` for settings that cannot work on the grid.
+    """
+    T, N = C.integer("T", T, 1, 2**31 - 1), C.integer("N", N, 1, 2**31 - 1)
+    options.pop("exact_budget", None)
+    opts = make_options(method, retention_ratio, **options)
+    check = getattr(opts, "check_video", None)
+    if check is not None:
+        check(T, N, 1)             # the same shape rules prune() applies
+    return budget_of(opts, T, N)
+
+
 def prune(features: torch.Tensor, attention: torch.Tensor | None = None, *, method: str,
           retention_ratio: float, use_stop: bool | None = None, metric: torch.Tensor | None = None,
           global_features: torch.Tensor | None = None, mu_s: float | None = None,
-          gamma: float = 1.1, backend: str = "auto", **method_options) -> PrunedVideo:
+          gamma: float = 1.1, backend: str = "auto", exact_budget: bool = False,
+          **method_options) -> PrunedVideo:
     """Prune one video's tokens with a registered host method, with or without SToP.
 
     Args:
@@ -65,11 +83,14 @@ def prune(features: torch.Tensor, attention: torch.Tensor | None = None, *, meth
         mu_s: sink weight of STSP; None takes the method's default (SPEC §13).
         gamma: sink-score exponent.
         backend: "auto", "torch", "triton", or "reference" (the float64 loop-based twins).
+        exact_budget: keep exactly :func:`stop_fast.token_budget` tokens (fill with the method's
+            next-ranked candidates or drop its lowest-ranked tokens; README "Exact budgets").
+            False (default): the published selection, whatever its count.
         method_options: the fields of the method's ``Options`` dataclass (e.g. HoliTom ``tau``,
             ``mu_t``; VisionZip ``sink_skip``, ``tokens_per_frame``).
     """
     opts = make_options(method, retention_ratio, use_stop=use_stop, mu_s=mu_s, gamma=gamma,
-                        backend=backend, **method_options)
+                        backend=backend, exact_budget=exact_budget, **method_options)
     return run(opts, features, attention, metric=metric, global_features=global_features)
 
 
@@ -110,6 +131,9 @@ def run(opts: Options, features, attention, *, metric=None, global_features=None
     else:
         with C.input_checks(False):
             sel = spec.fast(video, used)
+    if opts.exact_budget:          # one post-selection step, the same after fast path and twin
+        with C.input_checks(False):
+            sel = fit_budget(sel, video, used)
     return build_result(sel, video, opts, single)
 
 
