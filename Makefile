@@ -30,12 +30,12 @@ $(VENV)/.installed: setup.py
 	touch $@
 
 # torch first (the local CPU wheel where there is one), then vLLM and transformers < 5.20 (what
-# vLLM 0.32 supports), the named install-time workaround of tests_vllm/_workarounds.py, stop_fast.
+# vLLM 0.32 supports), the named install-time workaround of tests/vllm/_workarounds.py, stop_fast.
 $(VVENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VVENV)
 	$(VPY) -m pip install -q $(TORCH_SPEC)
 	$(VPY) -m pip install -q $(VLLM_SPEC) "transformers<5.20"
-	$(VPY) tests_vllm/_workarounds.py install
+	$(VPY) tests/vllm/_workarounds.py install
 	$(VPY) -m pip install -q -e ".[test,video]" "transformers<5.20"
 	touch $@
 
@@ -44,10 +44,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed $(VVENV)/.installed
 	TRITON_INTERPRET=$(INTERPRET) $(VENV)/bin/pytest tests -q
-	$(VVENV)/bin/pytest tests_vllm -q
+	$(VVENV)/bin/pytest tests/vllm -q
 
 test-vllm: $(VVENV)/.installed
-	$(VVENV)/bin/pytest tests_vllm -q
+	$(VVENV)/bin/pytest tests/vllm -q
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/stop-fast bench --suite all

@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
                           "checkpoint in HF format (e.g. llava-hf/llava-onevision-qwen2-7b-ov-hf)")
     run.add_argument("--prompt", required=True, help="the question or instruction about the video")
     run.add_argument("--method", default=None,
-                     help="host pruning method (default: holitom; visionzip for Qwen2.5-VL, its only one)")
+                     help="host pruning method (default: holitom; visionzip for Qwen2.5-VL)")
     run.add_argument("--retention", type=_ratio, default=0.1,
                      help="fraction of video tokens kept, in (0, 1] (default: 0.1)")
     run.add_argument("--frames", type=_positive, default=32,

@@ -23,6 +23,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from . import video as V
+from .pipelines.registry import get_method
 
 __all__ = ["RunError", "Outcome", "run"]
 
@@ -196,9 +197,8 @@ def run(args, console: Console | None = None, err: Console | None = None) -> int
     with _progress(err) as bar:
         task = bar.add_task("loading model", total=None)
         family, model, tokenizer, pcfg, template = _load(args.model, device, dtype)
+        # Defaults: the backbone's main setting in the paper (HoliTom on LLaVA, VisionZip on Qwen).
         method = args.method or ("holitom" if family == "llava" else "visionzip")
-        if family == "qwen" and method != "visionzip":
-            raise RunError(f"--method {method} is not available for Qwen2.5-VL; use --method visionzip")
         bar.update(task, description=f"decoding {Path(args.video).name}", total=1, completed=0)
         rounding = "floor" if family == "llava" else "round"
         frames, indices, info = V.read_frames(args.video, args.frames, rounding,
@@ -209,10 +209,12 @@ def run(args, console: Console | None = None, err: Console | None = None) -> int
         inputs = {k: (v.to(device, dtype) if v.is_floating_point() and k.startswith("pixel") else v.to(device))
                   for k, v in prepared.inputs.items()}
 
-        configs = [(f"{method}+SToP" if not args.no_stop else method, not args.no_stop)]
+        # A method that reads no attention (PruneVid) has no SToP variant: it runs plain.
+        no_stop = args.no_stop or not get_method(method).uses_attention
+        configs = [(f"{method}+SToP" if not no_stop else method, not no_stop)]
         if args.compare:
-            configs = [("unpruned", None), (method, False), (f"{method}+SToP", True)]
-        elif args.viz and not args.no_stop:
+            configs = [("unpruned", None), (method, False)] + [(f"{method}+SToP", True)] * (not no_stop)
+        elif args.viz and not no_stop:
             configs = [(method, False, "viz-only"), *configs]   # the side-by-side figure needs both
         outcomes, records = [], {}
         for label, use_stop, *viz_only in configs:

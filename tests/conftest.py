@@ -3,6 +3,7 @@
 Without a GPU the Triton kernels run through Triton's interpreter, which must be switched on
 before triton is first imported; with a GPU the same tests run compiled kernels on CUDA.
 """
+import importlib.util
 import os
 import sys
 
@@ -32,6 +33,17 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 torch.set_num_threads(int(os.environ.get("STOP_FAST_TEST_THREADS", "2")))
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# tests/vllm run in their own virtualenv (vLLM pins its own torch and transformers): `make test`
+# runs them there with `pytest tests/vllm`; where vLLM is not installed they are not collected,
+# and the header says so.
+HAVE_VLLM = importlib.util.find_spec("vllm") is not None
+collect_ignore = [] if HAVE_VLLM else ["vllm"]
+
+
+def pytest_report_header(config):
+    if not HAVE_VLLM:
+        return "tests/vllm: not collected (vLLM is not installed here; `make test` runs them in .venv-vllm)"
 
 
 @pytest.fixture

@@ -78,6 +78,19 @@ def test_run_qwen_in_process(ckpt, tmp_path, capsys, monkeypatch):
                                                "run_kept_tokens_visionzip_without_vs_with_stop.png"}
 
 
+def test_run_qwen_temporal_method(ckpt, capsys, monkeypatch):
+    # Every host method reaches Qwen2.5-VL through `run` (here HoliTom), not only VisionZip.
+    monkeypatch.setenv("COLUMNS", "160")
+    rc = cli.main(["run", str(ckpt["video"]), "--model", str(ckpt["qwen"]), "--prompt", PROMPT, "--frames", "4",
+                   "--retention", "0.5", "--max-new-tokens", "2", "--method", "holitom", "--compare"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    rows = _rows(out.out)
+    assert list(rows) == ["unpruned", "holitom", "holitom+SToP"], out.out
+    assert int(rows["unpruned"][1]) == 2 * 8 * 6
+    assert all(1 <= int(rows[name][1]) < 2 * 8 * 6 for name in ("holitom", "holitom+SToP"))
+
+
 def _error(capsys, *argv):
     try:
         rc = cli.main(list(argv))
@@ -102,8 +115,11 @@ def test_run_errors_are_one_line(ckpt, tmp_path, capsys):
     assert "not supported" in _error(capsys, "run", clip, "--model", str(other), "--prompt", "p", "--frames", "4")
     assert "cannot load" in _error(capsys, "run", clip, "--model", str(tmp_path / "nothing"), "--prompt", "p",
                                    "--frames", "4")
-    assert "visionzip" in _error(capsys, "run", clip, "--model", str(ckpt["qwen"]), "--prompt", "p",
-                                 "--frames", "4", "--method", "holitom")
+    assert "method must be one of" in _error(capsys, "run", clip, "--model", llava, "--prompt", "p",
+                                             "--frames", "4", "--method", "nope")
+    # PruneVid reads a 14×14 grid; the tiny Qwen2.5-VL merges to 8×6 per temporal group.
+    assert "N = 196" in _error(capsys, "run", clip, "--model", str(ckpt["qwen"]), "--prompt", "p",
+                               "--frames", "4", "--method", "prunevid")
     assert "retention" in _error(capsys, "run", clip, "--model", llava, "--prompt", "p", "--retention", "1.5")
 
 

@@ -14,7 +14,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (os.path.join(HERE, "site"), os.environ.get("PYTHONPATH")) if p)
-sys.path[:0] = [HERE, os.path.join(os.path.dirname(HERE), "tests")]
+sys.path[:0] = [HERE, os.path.dirname(HERE)]     # this folder, then tests/ (tiny_models)
 
 import _workarounds  # noqa: E402
 
