@@ -7,8 +7,14 @@ is also registered as a ``torch.library`` custom op ``stop_fast::<name>`` with a
 implementation (:func:`._op.kernel_op`): eager calls run the launcher directly, while
 torch.compile / export trace the op as one opaque node.
 """
+from .adts import adts_match
 from .column_mean_attention import column_mean_attention
+from .dpc import dpc_assign, dpc_scores
+from .flashvid_tree import flashvid_tree
+from .gather_sum import gather_sum
+from .gram import set_gram
 from .penalized_topk import gather_topk, penalized_topk
+from .project import project
 from .sink_score import sink_score
 from .temporal_threshold import adjacent_cosine, segment_static_mask, static_mask
 
@@ -20,4 +26,11 @@ __all__ = [
     "adjacent_cosine",
     "static_mask",
     "segment_static_mask",
+    "set_gram",
+    "project",
+    "adts_match",
+    "gather_sum",
+    "dpc_scores",
+    "dpc_assign",
+    "flashvid_tree",
 ]

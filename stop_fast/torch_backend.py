@@ -90,3 +90,85 @@ def segment_static_mask(x: torch.Tensor, sink: torch.Tensor, bounds: torch.Tenso
     csum = F.pad(breaks.cumsum(dim=0), (0, 0, 1, 0))          # (T, N), csum[t] = breaks before t
     b, e = bounds[:, 0], bounds[:, 1]
     return (csum[e] - csum[b] == 0) & (e > b).unsqueeze(-1)
+
+
+
+# ---- Twins of the merge kernels (kernels/gram.py, adts.py, gather_sum.py, project.py): the
+# same signatures and fp32 arithmetic. The pipelines use them on the torch backend, except
+# where a layout known on the host allows a cheaper route (see pipelines/_merge_ops.py).
+
+def _token_rows(src: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Rows ``rows`` (token numbers, any shape) of a (T, N, D) or (R, D) source."""
+    if src.dim() == 3:
+        n_per = max(src.shape[1], 1)
+        return src[rows // n_per, rows % n_per]
+    return src[rows]
+
+
+def set_gram(src: torch.Tensor, starts: torch.Tensor, counts: torch.Tensor, n_max: int,
+             cross: bool, sums: bool):
+    """Gram of each run of rows, zero-padded to ``n_max``; with ``cross`` each run against
+    the previous one; with ``sums`` the runs' row sums as (S, 1, D) (the kernel returns
+    partial sums over row blocks: callers sum dim 1)."""
+    S, D = starts.shape[0], src.shape[-1]
+    ar = torch.arange(n_max, device=src.device)
+    valid = ar < counts[:, None]
+    rows = torch.where(valid, starts[:, None] + ar, 0)
+    xs = _token_rows(src, rows).float() * valid[..., None]
+    gram = torch.bmm(xs, xs.mT)
+    gram = (gram + gram.mT) * 0.5
+    crs = torch.bmm(xs[1:], xs[:-1].mT) if cross else xs.new_zeros(0, n_max, n_max)
+    sm = xs.sum(1, keepdim=True) if sums else xs.new_zeros(0, 1, D)
+    return gram, crs, sm
+
+
+def _inv_norm(gram: torch.Tensor) -> torch.Tensor:
+    return 1.0 / gram.diagonal(dim1=-2, dim2=-1).clamp_min(0.0).sqrt().clamp_min(1e-12)
+
+
+def adts_match(gram: torch.Tensor, cross: torch.Tensor, w: torch.Tensor, n_a: int):
+    """FlashVid's ADTS picks (T, n_a) ascending and the unpicked mask (T, N) from the frames'
+    Gram matrices, and the best match (T − 1, N) / its argument of frame t + 1's tokens among
+    frame t's unpicked tokens (kernels/adts.py)."""
+    T, N, _ = gram.shape
+    u = _inv_norm(gram)
+    cos = gram * u[:, :, None] * u[:, None, :]
+    cos.diagonal(dim1=1, dim2=2).fill_(1.0)
+    delta = (1.0 - cos).mul_(w.float()[:, None, :])
+    rows = torch.arange(T, device=gram.device)
+    picked = []
+    if n_a > 0:
+        # first pick: largest second-smallest column entry (with multiplicity)
+        j = delta.topk(min(2, N), dim=1, largest=False).values[:, -1, :].argmax(1)
+        picked.append(j)
+        # Δ[j, j] = −inf from here on: folding in row j then rules column j out for good
+        delta.diagonal(dim1=1, dim2=2).fill_(-torch.inf)
+        colmin = delta[rows, j]
+        for _ in range(1, n_a):           # greedy steps, all frames at once
+            j = colmin.argmax(1)
+            picked.append(j)
+            colmin = torch.minimum(colmin, delta[rows, j])
+    picks = (torch.stack(picked, 1).sort(dim=1).values if picked
+             else torch.empty(T, 0, dtype=torch.int64, device=gram.device))
+    free = torch.ones(T, N, dtype=torch.bool, device=gram.device).scatter_(1, picks, False)
+    if T < 2:
+        empty = gram.new_empty(0, N)
+        return picks, free, empty, empty.long()
+    cc = (cross * u[1:, :, None] * u[:-1, None, :]).masked_fill_(~free[:-1, None, :], -torch.inf)
+    best, arg = cc.max(-1)               # first maximum: the lower j
+    return picks, free, best, arg
+
+
+def gather_sum(src: torch.Tensor, idx: torch.Tensor, ptr: torch.Tensor, den: torch.Tensor,
+               out_dtype: torch.dtype) -> torch.Tensor:
+    """out[m] = Σ src[idx[ptr[m]:ptr[m+1]]] / den[m] (kernels/gather_sum.py), fp32 sums."""
+    M, K = ptr.shape[0] - 1, idx.shape[0]
+    seg = torch.searchsorted(ptr[1:], torch.arange(K, device=idx.device), right=True)
+    out = torch.zeros(M + 1, src.shape[-1], dtype=torch.float32, device=src.device)
+    out.index_add_(0, seg, _token_rows(src, idx).float())       # row M: entries past ptr[M]
+    return (out[:M] / den[:, None]).to(out_dtype)
+
+
+def project(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """(T, N) float32: ⟨x[t, i], v[t]⟩ (kernels/project.py)."""
+    return torch.bmm(x.float(), v.float()[:, :, None])[..., 0]
