@@ -8,6 +8,7 @@ implementation (:func:`._op.kernel_op`): eager calls run the launcher directly, 
 torch.compile / export trace the op as one opaque node.
 """
 from .column_mean_attention import column_mean_attention
+from .merge_tokens import merge_tokens
 from .penalized_topk import gather_topk, penalized_topk
 from .sink_score import sink_score
 from .temporal_threshold import adjacent_cosine, segment_static_mask, static_mask
@@ -20,4 +21,5 @@ __all__ = [
     "adjacent_cosine",
     "static_mask",
     "segment_static_mask",
+    "merge_tokens",
 ]

@@ -90,3 +90,31 @@ def segment_static_mask(x: torch.Tensor, sink: torch.Tensor, bounds: torch.Tenso
     csum = F.pad(breaks.cumsum(dim=0), (0, 0, 1, 0))          # (T, N), csum[t] = breaks before t
     b, e = bounds[:, 0], bounds[:, 1]
     return (csum[e] - csum[b] == 0) & (e > b).unsqueeze(-1)
+
+
+def _row_table(x: torch.Tensor, members: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (B, n, D) as a (B·n, D) table of rows and the members' indices into it, without a
+    copy where the layout allows: a (n, B, D) buffer viewed as (B, n, D) (a permuted batch)
+    is read through its own row order, b·n + j → j·B + b."""
+    B, n, D = x.shape
+    if x.stride(0) == n * x.stride(1) or B == 1 or n == 1:
+        return x.reshape(B * n, D), members
+    if x.stride(1) == B * x.stride(0):
+        return x.transpose(0, 1).reshape(B * n, D), (members % n) * B + members // n
+    return x.reshape(B * n, D), members
+
+
+def merge_tokens(x: torch.Tensor, members: torch.Tensor, weights: torch.Tensor,
+                 offsets: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Weighted merge as one ``embedding_bag`` (sum mode with per-row weights) over an fp32
+    table: each member row is read once, weights and sums stay fp32. fp16/bf16 rows are first
+    copied to fp32 (embedding_bag would round the weights to the input dtype, and with
+    cancelling weights that error is not bounded by the output's rounding)."""
+    out_dtype = out_dtype or x.dtype
+    table, rows = _row_table(x, members)
+    M = offsets.shape[0] - 1
+    if M == 0:
+        return x.new_empty(0, x.shape[2], dtype=out_dtype)
+    out = F.embedding_bag(rows, table.float(), offsets[:-1], mode="sum",
+                          per_sample_weights=weights.float())
+    return out.to(out_dtype)
