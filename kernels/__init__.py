@@ -11,8 +11,8 @@ from .adts import adts_match
 from .column_mean_attention import column_mean_attention
 from .dpc import dpc_assign, dpc_scores
 from .flashvid_tree import flashvid_tree
-from .gather_sum import gather_sum
 from .gram import set_gram
+from .merge_tokens import merge_tokens
 from .penalized_topk import gather_topk, penalized_topk
 from .project import project
 from .sink_score import sink_score
@@ -29,8 +29,8 @@ __all__ = [
     "set_gram",
     "project",
     "adts_match",
-    "gather_sum",
     "dpc_scores",
     "dpc_assign",
     "flashvid_tree",
+    "merge_tokens",
 ]

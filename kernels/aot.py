@@ -39,7 +39,8 @@ DEFAULT_TARGETS = (86, 90)
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _TY = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.int64: "i64",
        torch.int32: "i32", torch.int8: "i8", torch.uint8: "u8", torch.bool: "u1"}
-MODULES = ("column_mean_attention", "sink_score", "penalized_topk", "temporal_threshold")
+MODULES = ("column_mean_attention", "sink_score", "penalized_topk", "temporal_threshold",
+           "merge_tokens")
 
 
 def _module(name):
@@ -120,6 +121,7 @@ def _scenarios(dtype):
     """(label, thunk) pairs: each thunk runs a launcher on meta tensors of a real shape."""
     cma, sink = _module("column_mean_attention"), _module("sink_score")
     topk, temp = _module("penalized_topk"), _module("temporal_threshold")
+    merge = _module("merge_tokens")
     ty = _TY[dtype]
     # SigLIP (LLaVA-OneVision/Video: 729 tokens, 16 × 72, B = 32 frames, "bhnd", one head
     # split as on an A6000) and Qwen2.5-VL's ViT (16 × 80, "bnhd" view, two splits as on H100).
@@ -144,6 +146,13 @@ def _scenarios(dtype):
                 lambda x=x, s=s: temp.launch_static(x, s, .9, .1)
             yield f"{ty} T={t} N={n} D=3584 segment S=4", \
                 lambda x=x, s=s, b=bounds: temp.launch_segment(x, s, b, .9, .1)
+    # Merging: T·N rows of width 3584 into 640 outputs, in the input dtype and in fp32.
+    x = _meta(32, 196, 3584, dtype=dtype)
+    idx, w = _meta(6272, dtype=torch.int64), _meta(6272)
+    offsets = _meta(641, dtype=torch.int64)
+    for out in (None, torch.float32):
+        yield f"{ty} T=32 N=196 D=3584 M=640 merge out={_TY[out or dtype]}", \
+            lambda out=out: merge.launch(x, idx, w, offsets, out)
 
 
 _OPTION_KEYS = ("num_warps", "num_stages", "num_ctas", "maxnreg")

@@ -18,6 +18,7 @@ __all__ = [
     "adjacent_cosine",
     "static_mask",
     "segment_static_mask",
+    "merge_tokens",
 ]
 
 LAYOUTS = ("bhnd", "bnhd")
@@ -197,3 +198,41 @@ def segment_static_mask(x: torch.Tensor, sink: torch.Tensor, bounds: torch.Tenso
         if not bool(((b >= 0) & (b <= e) & (e < T)).all()):
             raise ValueError(f"bounds rows must satisfy 0 <= b <= e < T = {T}, got {bounds.tolist()}")
     return get("segment_static_mask", backend, x.device)(x, sink, bounds.long(), tau, mu_t)
+
+
+def merge_tokens(x: torch.Tensor, members: torch.Tensor, weights: torch.Tensor,
+                 offsets: torch.Tensor, *, out_dtype: torch.dtype | None = None,
+                 backend: str = "auto") -> torch.Tensor:
+    """Weighted token merging: each output row a weighted sum of rows of ``x``, in one pass.
+
+    x (B, n, D), rows addressed as b·n + j; members (E,) int64 row indices; weights (E,) float;
+    offsets (M+1,) int64 CSR bounds (0, nondecreasing, E). Returns (M, D) in ``out_dtype``
+    (x's dtype by default): out[m] = Σ weights[e] · row(members[e]) for e in
+    [offsets[m], offsets[m+1]), accumulated in fp32 (float64 in the reference). A segment mean,
+    a copy, VisionZip's target + mean(members) and HoliTom's β-weighted cluster merge are all
+    this. The ranges of ``members`` and ``offsets`` are checked on CPU, and on a GPU together
+    with the finiteness checks (one sync).
+    """
+    C.tensor("x", x, 3, "(B, n, D)")
+    C.tensor("members", members, 1, "(E,)", dtypes=(torch.int64,))
+    C.tensor("weights", weights, 1, "(E,)")
+    C.tensor("offsets", offsets, 1, "(M+1,)", dtypes=(torch.int64,))
+    if weights.shape[0] != members.shape[0]:
+        raise ValueError(f"weights must have shape (E,) = ({members.shape[0]},) like members, "
+                         f"got {tuple(weights.shape)}")
+    if offsets.shape[0] < 1:
+        raise ValueError("offsets must have shape (M+1,) with at least one entry (0), got shape (0,)")
+    if out_dtype is not None and out_dtype not in C.FLOAT_DTYPES:
+        raise TypeError(f"out_dtype must be one of float32, float16, bfloat16 or None, got {out_dtype}")
+    C.same_device(x=x, members=members, weights=weights, offsets=offsets)
+    C.finite(x=x, weights=weights if weights.numel() else None)
+    if (offsets.device.type == "cpu" or C.finite_checks_enabled()) and not C._compiling():
+        E, rows = members.shape[0], x.shape[0] * x.shape[1]
+        ends = torch.stack([offsets[0], offsets[-1] - E, (offsets.diff() < 0).sum(),
+                            ((members < 0) | (members >= rows)).sum()]).tolist()
+        if ends != [0, 0, 0, 0]:
+            raise ValueError(f"offsets must run from 0 to E = {E} without decreasing and members "
+                             f"must index the B·n = {rows} rows of x; got offsets[0] = {ends[0]}, "
+                             f"offsets[-1] − E = {ends[1]}, {ends[2]} decreasing step(s), "
+                             f"{ends[3]} member(s) out of range")
+    return get("merge_tokens", backend, x.device)(x, members, weights, offsets, out_dtype)

@@ -21,6 +21,7 @@ __all__ = [
     "static_mask",
     "segment_static_mask",
     "dpc_knn",
+    "merge_tokens",
 ]
 
 
@@ -143,3 +144,18 @@ def dpc_knn(x: torch.Tensor, n_centers: int, k: int, penalty: torch.Tensor | Non
         assign[i] = int(torch.argmin(dist[i, centers]))
     assign[centers] = torch.arange(len(centers))
     return centers.to(x.device), assign.to(x.device)
+
+
+def merge_tokens(x: torch.Tensor, members: torch.Tensor, weights: torch.Tensor,
+                 offsets: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Weighted merge: out[m] = Σ_{e in [offsets[m], offsets[m+1])} weights[e] · row(members[e])
+    in float64, row(r) = x[r // n, r % n] of x (B, n, D). Returns (M, D) in ``out_dtype`` (x's
+    dtype if None); an output without members is zero. (No host ints: it also traces under
+    torch.compile.)"""
+    B, n, D = x.shape
+    M, E = offsets.shape[0] - 1, members.shape[0]
+    # Entry e belongs to the output m with offsets[m] <= e < offsets[m + 1].
+    owner = torch.searchsorted(offsets, torch.arange(E, device=x.device), right=True) - 1
+    rows = x.double().reshape(B * n, D)[members]
+    out = torch.zeros(M, D, dtype=torch.float64, device=x.device)
+    return out.index_add_(0, owner, weights.double()[:, None] * rows).to(out_dtype or x.dtype)

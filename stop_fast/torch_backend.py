@@ -93,7 +93,7 @@ def segment_static_mask(x: torch.Tensor, sink: torch.Tensor, bounds: torch.Tenso
 
 
 
-# ---- Twins of the merge kernels (kernels/gram.py, adts.py, gather_sum.py, project.py): the
+# ---- Twins of FlashVid's / PruneVid's kernels (kernels/gram.py, adts.py, project.py): the
 # same signatures and fp32 arithmetic. The pipelines use them on the torch backend, except
 # where a layout known on the host allows a cheaper route (see pipelines/_merge_ops.py).
 
@@ -159,16 +159,34 @@ def adts_match(gram: torch.Tensor, cross: torch.Tensor, w: torch.Tensor, n_a: in
     return picks, free, best, arg
 
 
-def gather_sum(src: torch.Tensor, idx: torch.Tensor, ptr: torch.Tensor, den: torch.Tensor,
-               out_dtype: torch.dtype) -> torch.Tensor:
-    """out[m] = Σ src[idx[ptr[m]:ptr[m+1]]] / den[m] (kernels/gather_sum.py), fp32 sums."""
-    M, K = ptr.shape[0] - 1, idx.shape[0]
-    seg = torch.searchsorted(ptr[1:], torch.arange(K, device=idx.device), right=True)
-    out = torch.zeros(M + 1, src.shape[-1], dtype=torch.float32, device=src.device)
-    out.index_add_(0, seg, _token_rows(src, idx).float())       # row M: entries past ptr[M]
-    return (out[:M] / den[:, None]).to(out_dtype)
-
-
 def project(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """(T, N) float32: ⟨x[t, i], v[t]⟩ (kernels/project.py)."""
     return torch.bmm(x.float(), v.float()[:, :, None])[..., 0]
+
+
+def _row_table(x: torch.Tensor, members: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (B, n, D) as a (B·n, D) table of rows and the members' indices into it, without a
+    copy where the layout allows: a (n, B, D) buffer viewed as (B, n, D) (a permuted batch)
+    is read through its own row order, b·n + j → j·B + b."""
+    B, n, D = x.shape
+    if x.stride(0) == n * x.stride(1) or B == 1 or n == 1:
+        return x.reshape(B * n, D), members
+    if x.stride(1) == B * x.stride(0):
+        return x.transpose(0, 1).reshape(B * n, D), (members % n) * B + members // n
+    return x.reshape(B * n, D), members
+
+
+def merge_tokens(x: torch.Tensor, members: torch.Tensor, weights: torch.Tensor,
+                 offsets: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Weighted merge as one ``embedding_bag`` (sum mode with per-row weights) over an fp32
+    table: each member row is read once, weights and sums stay fp32. fp16/bf16 rows are first
+    copied to fp32 (embedding_bag would round the weights to the input dtype, and with
+    cancelling weights that error is not bounded by the output's rounding)."""
+    out_dtype = out_dtype or x.dtype
+    table, rows = _row_table(x, members)
+    M = offsets.shape[0] - 1
+    if M == 0:
+        return x.new_empty(0, x.shape[2], dtype=out_dtype)
+    out = F.embedding_bag(rows, table.float(), offsets[:-1], mode="sum",
+                          per_sample_weights=weights.float())
+    return out.to(out_dtype)

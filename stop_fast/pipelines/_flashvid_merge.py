@@ -89,19 +89,20 @@ def pooled_values(x: torch.Tensor, tree: Tree, free: torch.Tensor, sizes: list[i
     T, N, _ = x.shape
     n_pool = sum(sizes)
     p_start, a_start = [0] * T, [0] * T
+    # (rows: the pool, the ADTS tokens, then max(sizes) zero rows of slack for run_grams)
     for t in range(1, T):
         p_start[t] = p_start[t - 1] + sizes[t - 1]
         a_start[t] = a_start[t - 1] + (n_a if lay.lengths_t[t - 1] > 1 else 0)
-    rows = n_pool + a_start[-1] + (n_a if lay.lengths_t[-1] > 1 else 0)
+    rows = n_pool + a_start[-1] + (n_a if lay.lengths_t[-1] > 1 else 0) + max(sizes)
     p_off, a_off = M.to_device(x.device, p_start, [n_pool + a - N for a in a_start])
     # ADTS tokens of multi-frame segments: rank among the frame's picks, after the pool rows
     a_rank = torch.where(free | (lay.len_t == 1)[:, None], -1 - a_off[:, None],
                          (~free).cumsum(1) + (N - 1))
     own = torch.where(tree.pool, tree.rank + p_off[:, None], a_rank + a_off[:, None]).view(-1)
-    slot = own[tree.root.view(-1)]          # a merged token adds into its root's row
-    den = torch.ones(rows + 1, device=x.device).scatter_(
-        0, torch.where(tree.pool.view(-1), own, rows), tree.count.view(-1))[:rows]
-    return M.scatter_rows(x, slot, den, rows, backend), own
+    root = tree.root.view(-1)
+    # a merged token adds into its root's row, weighted by 1 / (1 + the root's direct children)
+    weight = tree.count.view(-1)[root].reciprocal()
+    return M.scatter_rows(x, own[root], weight, rows, backend), own
 
 
 def spatial_output(values, own, tree: Tree, picks, sizes: list[int], lay, n_m: int,
@@ -131,8 +132,7 @@ def spatial_output(values, own, tree: Tree, picks, sizes: list[int], lay, n_m: i
     assign = tree.loc.new_zeros(T, n_max)
     if cf:
         # DPC-kNN over the pool of every clustered frame at once (consecutive pooled rows).
-        gram = M.run_grams(values[:n_pool], [starts[t] for t in cf], [sizes[t] for t in cf],
-                           backend)
+        gram = M.run_grams(values, [starts[t] for t in cf], [sizes[t] for t in cf], backend)
         frames_c, size_c, c_t = M.to_device(dev, cf, [sizes[t] for t in cf],
                                             [n_out[t] for t in cf])
         k_cap = min(max_k, N)
@@ -163,8 +163,9 @@ def spatial_output(values, own, tree: Tree, picks, sizes: list[int], lay, n_m: i
     src_row = torch.cat([own[adts_key], torch.arange(n_pool, device=dev)])
     by_out = torch.sort(out_of, stable=True)
     ptr = torch.searchsorted(by_out.values, torch.arange(order.shape[0] + 1, device=dev))
-    tokens = M.gather_rows(values, src_row[by_out.indices], ptr, (ptr[1:] - ptr[:-1]).float(),
-                           out_dtype, backend)
+    # a cluster is the plain mean of its members; copies have one member
+    weight = (ptr[1:] - ptr[:-1]).float().reciprocal()[by_out.values]
+    tokens = M.merge(values, src_row[by_out.indices], weight, ptr, out_dtype, backend)
     return tokens, keys[order]
 
 
@@ -181,6 +182,7 @@ def temporal_merge(xf, xn, free, lay, B: int, theta: float, backend: str = "torc
     tree = merge_tree(best, arg, free, lay, B, theta)
     pool = tree.pool.reshape(-1)
     own = torch.where(pool, torch.arange(T * N, device=xf.device), -1)
-    values = M.scatter_rows(xf, own[tree.root.view(-1)], torch.where(pool, tree.count.view(-1),
-                                                                     1.0), T * N, backend)
+    root = tree.root.view(-1)
+    values = M.scatter_rows(xf, torch.where(pool, own, T * N)[root],
+                            tree.count.view(-1)[root].reciprocal(), T * N + 1, backend)[:T * N]
     return values.view(T, N, D) * tree.pool[..., None], tree.pool

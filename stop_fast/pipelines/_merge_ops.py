@@ -1,10 +1,10 @@
 """Building blocks of the merging pipelines (FlashVid, PruneVid) on either backend.
 
 Each reads the features at most once. On ``backend="triton"`` they run the kernels
-(:mod:`stop_fast.kernels`: ``set_gram``, ``project``, ``adts_match``, ``gather_sum``); on the
+(:mod:`stop_fast.kernels`: ``set_gram``, ``project``, ``adts_match``, ``merge_tokens``); on the
 torch backend their twins in :mod:`stop_fast.torch_backend`, or, where the layout is known on
 the host, a cheaper torch route with the same result (batched matmuls straight on the
-features, a scatter-add instead of a gather).
+features).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from .. import dispatch
 from .. import torch_backend as TB
 from .base import to_device
 
-__all__ = ["to_device", "kernel", "frame_grams", "project", "adts_match", "run_grams", "scatter_rows", "gather_rows"]
+__all__ = ["to_device", "kernel", "frame_grams", "project", "adts_match", "run_grams", "scatter_rows", "merge"]
 
 
 def _kernels(backend: str, device: torch.device):
@@ -37,12 +37,13 @@ def frame_grams(x: torch.Tensor, backend: str, cross: bool = True):
         return G, C, parts.sum(1)
     xf = x.float()
     if cross and T > 1 and xf.stride(0) == N * xf.stride(1):
-        # Frames t and t + 1 are one (2N, D) matrix of the same storage: one matmul gives
-        # X_{t+1} [X_t; X_{t+1}]ᵀ = [C[t] | G[t+1]] without copying the features.
+        # Frames t and t + 1 are one (2N, D) matrix of the same storage: its Gram is
+        # [[G[t], C[t]ᵀ], [C[t], G[t+1]]], so one batched matmul over the overlapping pairs
+        # reads the features as one tensor and gives every G and C, without copying them.
         pairs = xf.as_strided((T - 1, 2 * N, D), (xf.stride(0), xf.stride(1), xf.stride(2)))
-        both = torch.bmm(xf[1:], pairs.mT)
-        G = torch.cat([torch.bmm(xf[:1], xf[:1].mT), both[:, :, N:]])
-        C = both[:, :, :N]
+        both = torch.bmm(pairs, pairs.mT)
+        G = torch.cat([both[:, :N, :N], both[-1:, N:, N:]])
+        C = both[:, N:, :N]
     else:
         G = torch.bmm(xf, xf.mT)
         C = torch.bmm(xf[1:], xf[:-1].mT) if cross else xf.new_zeros(0, N, N)
@@ -61,36 +62,55 @@ def adts_match(gram, cross, w, n_a: int, backend: str):
     return (K or TB).adts_match(gram, cross, w, n_a)
 
 
+# Torch route of run_grams: rows per matmul group (bounds its compute and the group's Gram).
+GROUP_ROWS = 1024
+
+
 def run_grams(buf: torch.Tensor, starts: list[int], sizes: list[int], backend: str,
               ) -> torch.Tensor:
     """Gram of each run of consecutive rows of buf (R, D): run s is rows starts[s] …
-    starts[s] + sizes[s] − 1 (host ints). Returns (S, n, n) float32, zero-padded to
-    n = max(sizes)."""
+    starts[s] + sizes[s] − 1 (host ints, runs ascending and disjoint). Returns (S, n, n)
+    float32 with n = max(sizes); entries past a run's size are unspecified (finite). buf must
+    have n rows past the last run's start (the callers append zero rows)."""
     n = max(sizes, default=0)
-    st, cnt = to_device(buf.device, starts, sizes)
     K = _kernels(backend, buf.device)
-    return (K or TB).set_gram(buf, st, cnt, n, False, False)[0]
-
-
-def scatter_rows(x: torch.Tensor, slot: torch.Tensor, den: torch.Tensor, M: int,
-                 backend: str) -> torch.Tensor:
-    """(M, D) float32: out[m] = Σ_{r: slot[r] = m} x_r / den[m] over the token rows r of x
-    (T, N, D) (slot (T·N,) int64, −1 for rows that go nowhere). One pass over x."""
-    T, N, D = x.shape
-    dev = x.device
-    K = _kernels(backend, dev)
-    tgt = torch.where(slot < 0, M, slot)
     if K is not None:
-        # CSR by output row: a stable sort keeps each row's members in token order.
-        by_row = torch.sort(tgt, stable=True)
-        ptr = torch.searchsorted(by_row.values, torch.arange(M + 1, device=dev))
-        return K.gather_sum(x, by_row.indices, ptr, den, torch.float32)
-    out = torch.zeros(M + 1, D, device=dev).index_add_(0, tgt, x.reshape(T * N, D).float())
-    return out[:M].div_(den[:, None])
+        st, cnt = to_device(buf.device, starts, sizes)
+        return K.set_gram(buf, st, cnt, n, False, False)[0]
+    # One matmul per group of consecutive runs (≤ GROUP_ROWS rows, plus n rows of slack so
+    # that every run's n × n window stays inside its group's Gram), then each run's diagonal
+    # block as a strided view of that Gram: one stack copies them out. The padding of a window
+    # holds neighbouring entries, which the callers mask.
+    groups, blocks = [], []
+    i = 0
+    while i < len(starts):
+        j = i
+        while j + 1 < len(starts) and starts[j + 1] + sizes[j + 1] - starts[i] <= GROUP_ROWS:
+            j += 1
+        r0, r1 = starts[i], starts[j] + sizes[j] + n
+        rows = buf[r0:r1].float()
+        g = torch.mm(rows, rows.T)
+        groups.append(g)
+        R = r1 - r0
+        blocks += [g.as_strided((n, n), (R, 1), g.storage_offset() + (starts[s] - r0) * (R + 1))
+                   for s in range(i, j + 1)]
+        i = j + 1
+    return torch.stack(blocks) if blocks else buf.new_zeros(0, n, n, dtype=torch.float32)
 
 
-def gather_rows(src: torch.Tensor, idx: torch.Tensor, ptr: torch.Tensor, den: torch.Tensor,
-                out_dtype: torch.dtype, backend: str) -> torch.Tensor:
-    """(M, D): out[m] = Σ src[idx[ptr[m]:ptr[m+1]]] / den[m] (kernels/gather_sum.py)."""
-    K = _kernels(backend, src.device)
-    return (K or TB).gather_sum(src, idx, ptr, den, out_dtype)
+def scatter_rows(x: torch.Tensor, slot: torch.Tensor, weight: torch.Tensor, M: int,
+                 backend: str) -> torch.Tensor:
+    """(M, D) float32: out[m] = Σ_{r: slot[r] = m} weight[r] · x_r over the token rows r of x
+    (T, N, D) (slot, weight (T·N,); every slot in 0 … M − 1). One pass over x
+    (:func:`stop_fast.api.merge_tokens`: members in token order, a stable sort)."""
+    by_row = torch.sort(slot, stable=True)
+    ptr = torch.searchsorted(by_row.values, torch.arange(M + 1, device=x.device))
+    return merge(x, by_row.indices, weight[by_row.indices], ptr, torch.float32, backend)
+
+
+def merge(src: torch.Tensor, members: torch.Tensor, weights: torch.Tensor, ptr: torch.Tensor,
+          out_dtype: torch.dtype, backend: str) -> torch.Tensor:
+    """(M, D): out[m] = Σ weights[e] · row(members[e]) over e in [ptr[m], ptr[m+1]), rows of a
+    (B, n, D) or (R, D) source (the ``merge_tokens`` kernel or its torch twin)."""
+    src = src if src.dim() == 3 else src[None]
+    return dispatch.get("merge_tokens", backend, src.device)(src, members, weights, ptr, out_dtype)

@@ -200,8 +200,9 @@ def fastvid_fast(video: Video, opts: Options) -> Selection:
     n_small = min(opts.min_segments - 1, T - 1)
     if n_small > 0:
         cut[torch.sort(sigma, stable=True).indices[:n_small]] = True   # ties: lower t
-    # The one host sync: the segment structure fixes every shape below.
-    segments = _segments(torch.nonzero(cut).flatten().tolist(), T)
+    # The one host sync: the segment structure fixes every shape below (one copy of T−1 flags;
+    # a nonzero first would wait for the device a second time).
+    segments = _segments([t for t, c in enumerate(cut.tolist()) if c], T)
 
     # 4. Salient tokens: top-S of a − μ_s·s per frame (STSP).
     sal, sal_tok = api.gather_topk(a, s, S, x, mu_s=opts.mu_s, backend=video.backend)

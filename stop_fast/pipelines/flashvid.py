@@ -166,8 +166,8 @@ def flashvid_fast(video: base.Video, opts: Options) -> Selection:
     frames = torch.arange(T, device=dev)
     if n_m == 0:
         key = (frames[:, None] * N + picks).view(-1)
-        tokens = M.gather_rows(x, key, torch.arange(T * n_a + 1, device=dev),
-                               torch.ones(T * n_a, device=dev), x.dtype, be)
+        tokens = M.merge(x, key, torch.ones(T * n_a, device=dev),
+                         torch.arange(T * n_a + 1, device=dev), x.dtype, be)
         kinds = torch.full((T * n_a,), KIND_DIVERSE, dtype=torch.int8, device=dev)
         return Selection(tokens, torch.stack([key // N, key % N], dim=1), kinds, segments=segs,
                          extras=extras)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from .. import _checks as C
 from .. import api
+from ..dispatch import get
 from . import base
 from .base import KIND_DYNAMIC, KIND_STATIC, Selection, Video
 from .dpc_knn import dpc_knn_batched
@@ -150,8 +151,8 @@ def holitom_fast(video: Video, opts: Options) -> Selection:
     pos = torch.empty(M + 1, 2, dtype=torch.int64, device=dev)
     kinds = torch.empty(M + 1, dtype=torch.int8, device=dev)
     # (S, N) static locations of each segment: the same fused test the tables counted.
-    seg_static = api.segment_static_mask(x, sink, plan.bounds, tau=opts.tau, mu_t=opts.mu_t,
-                                         backend=bk)
+    # The backend directly: the public op would check the range of bounds, one more sync.
+    seg_static = get("segment_static_mask", bk, dev)(x, sink, plan.bounds, opts.tau, opts.mu_t)
     if plan.k_max > 0:
         _dynamic(x, attn, sink, seg_static, plan, opts, bk, (out, pos, kinds))
     if plan.active:
