@@ -10,6 +10,7 @@ torch.compile / export trace the op as one opaque node.
 from .adts import adts_match
 from .column_mean_attention import column_mean_attention
 from .dpc import dpc_assign, dpc_scores
+from .flashvid_layout import flashvid_layout
 from .flashvid_tree import flashvid_tree
 from .gram import set_gram
 from .merge_tokens import merge_tokens
@@ -32,5 +33,6 @@ __all__ = [
     "dpc_scores",
     "dpc_assign",
     "flashvid_tree",
+    "flashvid_layout",
     "merge_tokens",
 ]

@@ -8,8 +8,8 @@
                             C[t, i, j] · u_t+1,i · u_t,j        (frame t + 1 against frame t)
 
 argmax ties go to the lower j. Shapes: gram (T, N, N), cross (T − 1, N, N), w (T, N), all
-float32, any strides → picks (T, n_a) int64 ascending, free (T, N) bool (not picked),
-best (T − 1, N) float32 (−inf when frame t has no unpicked token), arg (T − 1, N) int64.
+float32, any strides → picks (T, n_a) int64 ascending, pick_row (T, N) int64 (t·n_a + the
+rank of a picked token among its frame's picks, −1 for the others), best (T − 1, N) float32 (−inf when frame t has no unpicked token), arg (T − 1, N) int64.
 
 One launch, one program per frame: Δ is formed tile by tile from G (never stored), the
 greedy steps keep a running column minimum (O(N) per step), then the same program scans the
@@ -27,7 +27,7 @@ TILE = 16384 if INTERPRET else 4096      # elements of one (rows × N) tile of �
 
 
 @triton.jit
-def _adts_kernel(gram, cross, w, picks, free, best, arg, N, n_a, T,
+def _adts_kernel(gram, cross, w, picks, pick_row, best, arg, N, n_a, T,
                  s_gt, s_gi, s_gj, s_ct, s_ci, s_cj, s_wt, s_wn, s_pt, s_ft, s_bt,
                  BLOCK_N: tl.constexpr, BLOCK_I: tl.constexpr):
     t = tl.program_id(0).to(tl.int64)
@@ -72,7 +72,9 @@ def _adts_kernel(gram, cross, w, picks, free, best, arg, N, n_a, T,
         # the picks in ascending order: each picked j goes to its rank among the picks
         rk = tl.cumsum(taken.to(tl.int32), 0) - 1
         tl.store(picks + t * s_pt + rk, oj.to(tl.int64), mask=taken)
-    tl.store(free + t * s_ft + oj, (mj & ~taken).to(tl.int8), mask=mj)
+        tl.store(pick_row + t * s_ft + oj, tl.where(taken, t * n_a + rk, -1), mask=mj)
+    else:
+        tl.store(pick_row + t * s_ft + oj, tl.full([BLOCK_N], -1, tl.int64), mask=mj)
     # Best match of every token of frame t + 1 among the unpicked tokens of frame t.
     if t + 1 < T:
         c = cross + t * s_ct
@@ -94,24 +96,24 @@ def launch(gram, cross, w, n_a):
     T, N, _ = gram.shape
     dev = gram.device
     picks = torch.empty(T, n_a, dtype=torch.int64, device=dev)
-    free = torch.empty(T, N, dtype=torch.bool, device=dev)
+    pick_row = torch.empty(T, N, dtype=torch.int64, device=dev)
     best = torch.empty(max(T - 1, 0), N, dtype=torch.float32, device=dev)
     arg = torch.empty(max(T - 1, 0), N, dtype=torch.int64, device=dev)
     if T == 0:
-        return picks, free, best, arg
+        return picks, pick_row, best, arg
     block_n = max(16, triton.next_power_of_2(N))
     block_i = max(1, min(block_n, TILE // block_n))
     c = cross if cross.shape[0] > 0 else gram
-    _adts_kernel[(T,)](gram, c, w, picks, free.view(torch.int8), best, arg, N, n_a, T,
-                       *gram.stride(), *c.stride(), *w.stride(), picks.stride(0), free.stride(0),
+    _adts_kernel[(T,)](gram, c, w, picks, pick_row, best, arg, N, n_a, T,
+                       *gram.stride(), *c.stride(), *w.stride(), picks.stride(0), pick_row.stride(0),
                        best.stride(0) if T > 1 else 0,
                        BLOCK_N=block_n, BLOCK_I=block_i, num_warps=1 if INTERPRET else 4)
-    return picks, free, best, arg
+    return picks, pick_row, best, arg
 
 
 def _fake(gram, cross, w, n_a):
     T, N, _ = gram.shape
-    return (gram.new_empty((T, n_a), dtype=torch.int64), gram.new_empty((T, N), dtype=torch.bool),
+    return (gram.new_empty((T, n_a), dtype=torch.int64), gram.new_empty((T, N), dtype=torch.int64),
             gram.new_empty((max(T - 1, 0), N), dtype=torch.float32),
             gram.new_empty((max(T - 1, 0), N), dtype=torch.int64))
 
@@ -119,5 +121,5 @@ def _fake(gram, cross, w, n_a):
 @kernel_op("adts_match", "(Tensor gram, Tensor cross, Tensor w, int n_a) -> "
            "(Tensor, Tensor, Tensor, Tensor)", fake=_fake)
 def adts_match(gram: torch.Tensor, cross: torch.Tensor, w: torch.Tensor, n_a: int):
-    """(picks (T, n_a) ascending, free (T, N) bool, best (T − 1, N), arg (T − 1, N))."""
+    """(picks (T, n_a) ascending, pick_row (T, N), best (T − 1, N), arg (T − 1, N))."""
     return launch(gram, cross, w, n_a)

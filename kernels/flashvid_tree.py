@@ -7,7 +7,8 @@
     root[t, i] = root[t − 1, arg[t − 1, i]] if merged else t·N + i
     count[t, i] = 1 + number of merged tokens of frame t + 1 whose match is i  (note 5)
 
-Shapes: best (T − 1, N) float32, arg (T − 1, N) int64, free (T, N) bool, bounds (S, 2) int64
+Shapes: best (T − 1, N) float32, arg (T − 1, N) int64, pick_row (T, N) int64 (< 0: unpicked,
+as kernels/adts.py writes it), bounds (S, 2) int64
 inclusive [b, e] covering 0 … T − 1 → pool (T, N) bool, root (T, N) int64, count (T, N)
 float32, rank (T, N) int64 (place of a pool token among its frame's pool, −1 off the pool),
 loc (T, N) int64 (the pool's locations ascending, then −1), sizes (T,) int64.
@@ -27,12 +28,12 @@ from ._utils import INTERPRET
 
 
 @triton.jit
-def _sigma(best, arg, free, t, b, N, oi, mi, s_bt, s_ft):
+def _sigma(best, arg, pick_row, t, b, N, oi, mi, s_bt, s_ft):
     """σ* and the match of the tokens oi of frame t (segment start b)."""
     tp = tl.maximum(t - 1, 0)
     has_prev = oi < tl.where(t > b, N, 0)          # (a vector mask: t > b for every lane)
     bv = tl.load(best + tp * s_bt + oi, mask=has_prev, other=-1.0)
-    fr = tl.load(free + t * s_ft + oi, mask=mi, other=0) != 0
+    fr = tl.load(pick_row + t * s_ft + oi, mask=mi, other=0) < 0
     ok = has_prev & fr & (bv == bv) & (tl.abs(bv) != float("inf"))
     pi = tl.load(arg + tp * s_bt + oi, mask=has_prev, other=0)
     return tl.where(ok, bv, -1.0), pi, fr
@@ -46,7 +47,7 @@ def _key(v):
 
 
 @triton.jit
-def _tree_kernel(best, arg, free, bounds, pool, root, count, rank, loc, sizes, N, B, theta,
+def _tree_kernel(best, arg, pick_row, bounds, pool, root, count, rank, loc, sizes, N, B, theta,
                  s_bt, s_ft, s_t, BLOCK_N: tl.constexpr):
     s = tl.program_id(0)
     b = tl.load(bounds + 2 * s)
@@ -56,7 +57,7 @@ def _tree_kernel(best, arg, free, bounds, pool, root, count, rank, loc, sizes, N
     mi = oi < N
     kept = 0
     for t in range(b, e + 1):
-        sig, _, _ = _sigma(best, arg, free, t, b, N, oi, mi, s_bt, s_ft)
+        sig, _, _ = _sigma(best, arg, pick_row, t, b, N, oi, mi, s_bt, s_ft)
         kept += tl.sum((mi & (sig <= theta)).to(tl.int32), 0)
     bound = B * L
     kth = L * N - bound
@@ -69,7 +70,7 @@ def _tree_kernel(best, arg, free, bounds, pool, root, count, rank, loc, sizes, N
             mid = (lo + hi + 1) // 2
             n_ge = 0
             for t in range(b, e + 1):
-                sig, _, _ = _sigma(best, arg, free, t, b, N, oi, mi, s_bt, s_ft)
+                sig, _, _ = _sigma(best, arg, pick_row, t, b, N, oi, mi, s_bt, s_ft)
                 n_ge += tl.sum((mi & (_key(sig).to(tl.int64) >= mid)).to(tl.int32), 0)
             up = n_ge >= kth
             lo = tl.where(up, mid, lo)
@@ -79,7 +80,7 @@ def _tree_kernel(best, arg, free, bounds, pool, root, count, rank, loc, sizes, N
     thr = tl.where(kept < bound, tl.where(kth > 0, tl.maximum(v, -1.0 + 1e-6), float("inf")),
                    theta)
     for t in range(b, e + 1):
-        sig, pi, fr = _sigma(best, arg, free, t, b, N, oi, mi, s_bt, s_ft)
+        sig, pi, fr = _sigma(best, arg, pick_row, t, b, N, oi, mi, s_bt, s_ft)
         merged = mi & (sig > thr)
         inpool = mi & ((fr & ~merged) | (oi < tl.where(L == 1, N, 0)))
         tok = t * N + oi.to(tl.int64)
@@ -99,9 +100,9 @@ def _tree_kernel(best, arg, free, bounds, pool, root, count, rank, loc, sizes, N
         tl.debug_barrier()      # this frame's roots are read by the next one
 
 
-def launch(best, arg, free, bounds, B, theta):
-    T, N = free.shape
-    dev = free.device
+def launch(best, arg, pick_row, bounds, B, theta):
+    T, N = pick_row.shape
+    dev = pick_row.device
     pool = torch.empty(T, N, dtype=torch.bool, device=dev)
     root = torch.empty(T, N, dtype=torch.int64, device=dev)
     count = torch.empty(T, N, dtype=torch.float32, device=dev)
@@ -112,25 +113,25 @@ def launch(best, arg, free, bounds, B, theta):
     if T == 0 or N == 0 or S == 0:
         return pool, root, count, rank, loc, sizes
     b_, a_ = (best, arg) if T > 1 else (count, root)      # no previous frame: never read
-    _tree_kernel[(S,)](b_, a_, free.view(torch.uint8), bounds.contiguous(), pool.view(torch.int8),
+    _tree_kernel[(S,)](b_, a_, pick_row, bounds, pool.view(torch.int8),
                        root, count, rank, loc, sizes, N, int(B), float(theta),
-                       b_.stride(0), free.stride(0), root.stride(0),
+                       b_.stride(0), pick_row.stride(0), root.stride(0),
                        BLOCK_N=max(16, triton.next_power_of_2(N)),
                        num_warps=1 if INTERPRET else 4)
     return pool, root, count, rank, loc, sizes
 
 
-def _fake(best, arg, free, bounds, B, theta):
-    T, N = free.shape
+def _fake(best, arg, pick_row, bounds, B, theta):
+    T, N = pick_row.shape
     i64 = dict(dtype=torch.int64)
-    return (free.new_empty((T, N)), free.new_empty((T, N), **i64),
-            free.new_empty((T, N), dtype=torch.float32), free.new_empty((T, N), **i64),
-            free.new_empty((T, N), **i64), free.new_empty((T,), **i64))
+    return (pick_row.new_empty((T, N), dtype=torch.bool), pick_row.new_empty((T, N), **i64),
+            pick_row.new_empty((T, N), dtype=torch.float32), pick_row.new_empty((T, N), **i64),
+            pick_row.new_empty((T, N), **i64), pick_row.new_empty((T,), **i64))
 
 
-@kernel_op("flashvid_tree", "(Tensor best, Tensor arg, Tensor free, Tensor bounds, int B, "
+@kernel_op("flashvid_tree", "(Tensor best, Tensor arg, Tensor pick_row, Tensor bounds, int B, "
            "float theta) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)", fake=_fake)
-def flashvid_tree(best: torch.Tensor, arg: torch.Tensor, free: torch.Tensor,
+def flashvid_tree(best: torch.Tensor, arg: torch.Tensor, pick_row: torch.Tensor,
                   bounds: torch.Tensor, B: int, theta: float):
     """(pool, root, count, rank, loc, sizes) of FlashVid's temporal merge (SPEC §10.3d)."""
-    return launch(best, arg, free, bounds, B, theta)
+    return launch(best, arg, pick_row, bounds, B, theta)

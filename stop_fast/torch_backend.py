@@ -127,8 +127,8 @@ def _inv_norm(gram: torch.Tensor) -> torch.Tensor:
 
 
 def adts_match(gram: torch.Tensor, cross: torch.Tensor, w: torch.Tensor, n_a: int):
-    """FlashVid's ADTS picks (T, n_a) ascending and the unpicked mask (T, N) from the frames'
-    Gram matrices, and the best match (T − 1, N) / its argument of frame t + 1's tokens among
+    """FlashVid's ADTS picks (T, n_a) ascending and each token's ADTS row (T, N) (t·n_a + its
+    rank among the frame's picks, −1 if not picked) from the frames' Gram matrices, and the best match (T − 1, N) / its argument of frame t + 1's tokens among
     frame t's unpicked tokens (kernels/adts.py)."""
     T, N, _ = gram.shape
     u = _inv_norm(gram)
@@ -150,13 +150,15 @@ def adts_match(gram: torch.Tensor, cross: torch.Tensor, w: torch.Tensor, n_a: in
             colmin = torch.minimum(colmin, delta[rows, j])
     picks = (torch.stack(picked, 1).sort(dim=1).values if picked
              else torch.empty(T, 0, dtype=torch.int64, device=gram.device))
-    free = torch.ones(T, N, dtype=torch.bool, device=gram.device).scatter_(1, picks, False)
+    pick_row = torch.full((T, N), -1, dtype=torch.int64, device=gram.device)
+    pick_row.scatter_(1, picks, torch.arange(T * n_a, device=gram.device).view(T, n_a))
+    free = pick_row < 0
     if T < 2:
         empty = gram.new_empty(0, N)
-        return picks, free, empty, empty.long()
+        return picks, pick_row, empty, empty.long()
     cc = (cross * u[1:, :, None] * u[:-1, None, :]).masked_fill_(~free[:-1, None, :], -torch.inf)
     best, arg = cc.max(-1)               # first maximum: the lower j
-    return picks, free, best, arg
+    return picks, pick_row, best, arg
 
 
 def project(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

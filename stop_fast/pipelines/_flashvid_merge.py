@@ -19,7 +19,7 @@ import torch
 from . import _merge_ops as M
 from .dpc_knn import dpc_knn_gram
 
-__all__ = ["Tree", "merge_tree", "pooled_values", "spatial_output", "temporal_merge"]
+__all__ = ["Tree", "merge_tree", "pooled_values", "layout", "spatial_output", "temporal_merge"]
 
 
 @dataclass
@@ -37,12 +37,14 @@ class Tree:
     sizes: torch.Tensor
 
 
-def merge_tree(best: torch.Tensor, arg: torch.Tensor, free: torch.Tensor, lay, B: int,
+def merge_tree(best: torch.Tensor, arg: torch.Tensor, pick_row: torch.Tensor, lay, B: int,
                theta: float, backend: str = "torch") -> Tree:
-    """SPEC §10.3d from the best matches (T − 1, N) of frames 1 … T − 1 (kernels/adts.py). On
-    ``backend="triton"`` one kernel (kernels/flashvid_tree.py), of which this is the twin."""
+    """SPEC §10.3d from the best matches (T − 1, N) of frames 1 … T − 1 and the ADTS rows
+    (T, N) (< 0: unpicked) of kernels/adts.py. On ``backend="triton"`` one kernel
+    (kernels/flashvid_tree.py), of which this is the twin."""
     if backend == "triton":
-        return Tree(*M.kernel("flashvid_tree")(best, arg, free, lay.bounds, B, theta))
+        return Tree(*M.kernel("flashvid_tree")(best, arg, pick_row, lay.bounds, B, theta))
+    free = pick_row < 0
     T, N = free.shape
     dev = free.device
     sig = torch.full((T, N), -1.0, device=dev)
@@ -80,36 +82,70 @@ def merge_tree(best: torch.Tensor, arg: torch.Tensor, free: torch.Tensor, lay, B
     return Tree(pool, root.view(T, N), count.view(T, N), rank, loc, sizes)
 
 
-def pooled_values(x: torch.Tensor, tree: Tree, free: torch.Tensor, sizes: list[int], lay,
+def pooled_values(x: torch.Tensor, tree: Tree, pick_row: torch.Tensor, sizes: list[int],
                   n_a: int, backend: str):
-    """One pass over x: the tree averages of the pool tokens (frame by frame, ascending
-    location), then the ADTS tokens of multi-frame segments (their own values; a one-frame
-    segment's ADTS tokens are in its pool). Returns (values (rows, D) float32, own (T·N,)
-    int64: the row of each token that has one, −1 elsewhere)."""
+    """One pass over x into the rows of the spatial stage: first T·n_a rows for the ADTS
+    tokens (row t·n_a + k: frame t's k-th pick; a one-frame segment's picks stay in its pool
+    and leave theirs empty), then the pool tokens' tree averages frame by frame (ascending
+    location), then max(sizes) empty rows of slack for :func:`._merge_ops.run_grams`.
+    Returns (values (rows, D) float32, own (T·N,) int64: the row of each token that has one)."""
     T, N, _ = x.shape
-    n_pool = sum(sizes)
-    p_start, a_start = [0] * T, [0] * T
-    # (rows: the pool, the ADTS tokens, then max(sizes) zero rows of slack for run_grams)
-    for t in range(1, T):
-        p_start[t] = p_start[t - 1] + sizes[t - 1]
-        a_start[t] = a_start[t - 1] + (n_a if lay.lengths_t[t - 1] > 1 else 0)
-    rows = n_pool + a_start[-1] + (n_a if lay.lengths_t[-1] > 1 else 0) + max(sizes)
-    p_off, a_off = M.to_device(x.device, p_start, [n_pool + a - N for a in a_start])
-    # ADTS tokens of multi-frame segments: rank among the frame's picks, after the pool rows
-    a_rank = torch.where(free | (lay.len_t == 1)[:, None], -1 - a_off[:, None],
-                         (~free).cumsum(1) + (N - 1))
-    own = torch.where(tree.pool, tree.rank + p_off[:, None], a_rank + a_off[:, None]).view(-1)
+    starts = [T * n_a]
+    for n in sizes[:-1]:
+        starts.append(starts[-1] + n)
+    p_off, = M.to_device(x.device, starts)
+    own = torch.where(tree.pool, tree.rank + p_off[:, None], pick_row).view(-1)
     root = tree.root.view(-1)
     # a merged token adds into its root's row, weighted by 1 / (1 + the root's direct children)
     weight = tree.count.view(-1)[root].reciprocal()
-    return M.scatter_rows(x, own[root], weight, rows, backend), own
+    return M.scatter_rows(x, own[root], weight, T * n_a + sum(sizes) + max(sizes), backend), own
+
+
+def layout(picks, mloc, assign, own, n_out: list[int], sizes: list[int], clus: list[bool],
+           backend: str):
+    """SPEC §10.3f, 4: (keys (M,) ascending: 2·(t·N + i), + 1 for merged tokens; and the merge
+    list (ptr (M + 1,), members, weights) that builds the tokens from the spatial stage's rows)
+    (kernels/flashvid_layout.py, of which this is the torch twin)."""
+    T, n_a = picks.shape
+    N = own.shape[0] // T
+    dev = picks.device
+    out_base, pool_base, entry_base = [0] * T, [T * n_a] * T, [0] * T
+    for t in range(1, T):
+        out_base[t] = out_base[t - 1] + n_a + n_out[t - 1]
+        pool_base[t] = pool_base[t - 1] + sizes[t - 1]
+        entry_base[t] = entry_base[t - 1] + n_a + sizes[t - 1]
+    n_merged, n_pool = sum(n_out), sum(sizes)
+    Mo, E = T * n_a + n_merged, T * n_a + n_pool
+    tabs = M.to_device(dev, n_out, sizes, clus, out_base, pool_base, entry_base)
+    if backend == "triton":
+        return M.kernel("flashvid_layout")(picks, mloc, assign, own, *tabs, Mo, E)
+    nout_t, size_t, clus_t, _, pool_t, _ = tabs
+    frames = torch.arange(T, device=dev)
+    m_first = nout_t.cumsum(0) - nout_t
+    m_frame = torch.repeat_interleave(frames, nout_t, output_size=n_merged)   # host-known size
+    m_rank = torch.arange(n_merged, device=dev) - m_first[m_frame]
+    adts_key = (frames[:, None] * N + picks).view(-1)
+    keys = torch.cat([adts_key * 2, (m_frame * N + mloc[m_frame, m_rank]) * 2 + 1])
+    order = keys.argsort()                    # keys are unique: the order is the stable one
+    pos_of = torch.empty_like(order).scatter_(0, order, torch.arange(Mo, device=dev))
+    # Members: an ADTS token is its own row; a pooled row goes to its frame's cluster, or
+    # passes through as one output.
+    p_frame = torch.repeat_interleave(frames, size_t, output_size=n_pool)
+    p_rank = torch.arange(n_pool, device=dev) - (size_t.cumsum(0) - size_t)[p_frame]
+    p_col = torch.where(clus_t[p_frame] != 0, assign[p_frame, p_rank], p_rank)
+    out_of = torch.cat([pos_of[:T * n_a], pos_of[T * n_a + m_first[p_frame] + p_col]])
+    src = torch.cat([own[adts_key], pool_t[p_frame] + p_rank])
+    by_out = torch.sort(out_of, stable=True)
+    ptr = torch.searchsorted(by_out.values, torch.arange(Mo + 1, device=dev))
+    # a cluster is the plain mean of its members; copies have one member
+    weight = (ptr[1:] - ptr[:-1]).float().reciprocal()[by_out.values]
+    return keys[order], ptr, src[by_out.indices], weight
 
 
 def spatial_output(values, own, tree: Tree, picks, sizes: list[int], lay, n_m: int,
                    max_k: int, dim: int, out_dtype, backend: str):
-    """SPEC §10.3e–f and 4. ``sizes``: |Q_t| per frame (host ints); pooled rows of frame t
-    start at Σ sizes[:t]. Returns (tokens (M, D) in LLM order, keys (M,) int64 ascending:
-    2·(t·N + i) for ADTS tokens, + 1 for merged ones)."""
+    """SPEC §10.3e–f and 4. ``sizes``: |Q_t| per frame (host ints). Returns (tokens (M, D) in
+    LLM order, keys (M,) int64 ascending: 2·(t·N + i) for ADTS tokens, + 1 for merged ones)."""
     T, N = tree.pool.shape
     n_a = picks.shape[1]
     dev = values.device
@@ -122,51 +158,27 @@ def spatial_output(values, own, tree: Tree, picks, sizes: list[int], lay, n_m: i
             c = math.ceil(sizes[t] * q)
             clus.append(c > 0 and q < 1)
             n_out.append(c if clus[-1] else sizes[t])
-    starts = [0]
-    for n in sizes[:-1]:
-        starts.append(starts[-1] + n)
-    n_pool, n_merged, R = sum(sizes), sum(n_out), max(n_out, default=0)
+    R = max(n_out, default=0)
+    mloc = tree.loc[:, :R]                    # pass-through: the pool token's own location
+    assign = tree.loc                         # (unused where no frame is clustered)
     cf = [t for t in range(T) if clus[t]]
-    out_loc = tree.loc[:, :R]                 # pass-through: the pool token's own location
-    n_max = max(sizes, default=0)
-    assign = tree.loc.new_zeros(T, n_max)
     if cf:
         # DPC-kNN over the pool of every clustered frame at once (consecutive pooled rows).
-        gram = M.run_grams(values, [starts[t] for t in cf], [sizes[t] for t in cf], backend)
-        frames_c, size_c, c_t = M.to_device(dev, cf, [sizes[t] for t in cf],
-                                            [n_out[t] for t in cf])
+        first = T * n_a
+        starts = [first + sum(sizes[:t]) for t in cf]
+        gram = M.run_grams(values, starts, [sizes[t] for t in cf], backend)
+        frames_c, size_c, c_t = M.to_device(dev, cf, [sizes[t] for t in cf], [n_out[t] for t in cf])
         k_cap = min(max_k, N)
         c_max = max(n_out[t] for t in cf)
         valid = torch.arange(gram.shape[1], device=dev) < size_c[:, None]
         centers, asg = dpc_knn_gram(gram, valid, c_t, c_max, c_t.clamp(max=k_cap), k_cap, dim,
                                     backend)
-        assign[frames_c, :asg.shape[1]] = asg
-        out_loc = out_loc.clone()
-        out_loc[frames_c, :c_max] = tree.loc[frames_c].gather(1, centers.clamp(max=N - 1))
-    # Outputs before sorting: the T·n_A ADTS tokens, then each frame's merged tokens (frame
-    # by frame; clusters in descending centre score, pass-through tokens ascending).
-    nout_t, m_first, size_t, start_t, clus_t = M.to_device(
-        dev, n_out, [T * n_a + sum(n_out[:t]) for t in range(T)], sizes, starts, clus)
-    frames = torch.arange(T, device=dev)
-    m_frame = torch.repeat_interleave(frames, nout_t, output_size=n_merged)   # host-known size
-    m_rank = torch.arange(T * n_a, T * n_a + n_merged, device=dev) - m_first[m_frame]
-    adts_key = (frames[:, None] * N + picks).view(-1)
-    keys = torch.cat([adts_key * 2, (m_frame * N + out_loc[m_frame, m_rank]) * 2 + 1])
-    order = keys.argsort()                    # keys are unique: the order is the stable one
-    pos_of = torch.empty_like(order).scatter_(0, order, torch.arange(order.shape[0], device=dev))
-    # Members: an ADTS token is its own pooled row; a pooled row goes to its frame's cluster,
-    # or passes through as one output.
-    p_frame = torch.repeat_interleave(frames, size_t, output_size=n_pool)
-    p_rank = torch.arange(n_pool, device=dev) - start_t[p_frame]
-    p_out = m_first[p_frame] + torch.where(clus_t.bool()[p_frame], assign[p_frame, p_rank], p_rank)
-    out_of = torch.cat([pos_of[:T * n_a], pos_of[p_out]])
-    src_row = torch.cat([own[adts_key], torch.arange(n_pool, device=dev)])
-    by_out = torch.sort(out_of, stable=True)
-    ptr = torch.searchsorted(by_out.values, torch.arange(order.shape[0] + 1, device=dev))
-    # a cluster is the plain mean of its members; copies have one member
-    weight = (ptr[1:] - ptr[:-1]).float().reciprocal()[by_out.values]
-    tokens = M.merge(values, src_row[by_out.indices], weight, ptr, out_dtype, backend)
-    return tokens, keys[order]
+        # the clustered frames' rows of the tables: centre locations and assignments
+        cloc = tree.loc[frames_c[:, None], centers.clamp(max=N - 1)]
+        mloc = mloc.index_put((frames_c,), torch.nn.functional.pad(cloc, (0, R - c_max)))
+        assign = tree.loc.new_zeros(T, asg.shape[1]).index_put_((frames_c,), asg)
+    keys, ptr, members, weights = layout(picks, mloc, assign, own, n_out, sizes, clus, backend)
+    return M.merge(values, members, weights, ptr, out_dtype, backend), keys
 
 
 def temporal_merge(xf, xn, free, lay, B: int, theta: float, backend: str = "torch"):
@@ -179,7 +191,7 @@ def temporal_merge(xf, xn, free, lay, B: int, theta: float, backend: str = "torc
         u = 1.0 / G.diagonal(dim1=1, dim2=2).clamp_min(0).sqrt().clamp_min(1e-12)
         cc = (C * u[1:, :, None] * u[:-1, None, :]).masked_fill_(~free[:-1, None, :], -math.inf)
         best, arg = cc.max(-1)
-    tree = merge_tree(best, arg, free, lay, B, theta)
+    tree = merge_tree(best, arg, torch.where(free, -1, 0), lay, B, theta)
     pool = tree.pool.reshape(-1)
     own = torch.where(pool, torch.arange(T * N, device=xf.device), -1)
     root = tree.root.view(-1)

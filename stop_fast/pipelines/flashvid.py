@@ -162,24 +162,20 @@ def flashvid_fast(video: base.Video, opts: Options) -> Selection:
     # features), and each token's best match among the previous frame's unpicked tokens.
     gbar = lay.seg_sum(F_sum) / (lay.length[:, None] * N)
     w = af * M.project(x, gbar[lay.seg_of], be)
-    picks, free, best, arg = M.adts_match(G, C, w, n_a, be)
-    frames = torch.arange(T, device=dev)
+    picks, pick_row, best, arg = M.adts_match(G, C, w, n_a, be)
     if n_m == 0:
-        key = (frames[:, None] * N + picks).view(-1)
+        key = (torch.arange(T, device=dev)[:, None] * N + picks).view(-1)
         tokens = M.merge(x, key, torch.ones(T * n_a, device=dev),
                          torch.arange(T * n_a + 1, device=dev), x.dtype, be)
-        kinds = torch.full((T * n_a,), KIND_DIVERSE, dtype=torch.int8, device=dev)
-        return Selection(tokens, torch.stack([key // N, key % N], dim=1), kinds, segments=segs,
-                         extras=extras)
-
-    # 3d. Temporal tree merge on indices; the pool sizes are the second host transfer.
-    tree = merge_tree(best, arg, free, lay, B, opts.merge_threshold, be)
-    sizes = tree.sizes.tolist()
-    values, own = pooled_values(x, tree, free, sizes, lay, n_a, be)
-    # 3e–4. Spatial DPC-kNN and the output tokens in LLM order, in the features' dtype.
-    tokens, key = spatial_output(values, own, tree, picks, sizes, lay, n_m, opts.max_k, D,
-                                 x.dtype, be)
-    kinds = torch.where(key % 2 == 0, KIND_DIVERSE, KIND_MERGED).to(torch.int8)
-    key = key // 2
-    return Selection(tokens, torch.stack([key // N, key % N], dim=1), kinds, segments=segs,
-                     extras=extras)
+        key = key * 2
+    else:
+        # 3d. Temporal tree merge on indices; the pool sizes are the second host transfer.
+        tree = merge_tree(best, arg, pick_row, lay, B, opts.merge_threshold, be)
+        sizes = tree.sizes.tolist()
+        values, own = pooled_values(x, tree, pick_row, sizes, n_a, be)
+        # 3e–4. Spatial DPC-kNN and the output tokens in LLM order, in the features' dtype.
+        tokens, key = spatial_output(values, own, tree, picks, sizes, lay, n_m, opts.max_k, D,
+                                     x.dtype, be)
+    kinds = (key % 2).to(torch.int8) + KIND_DIVERSE          # KIND_MERGED = KIND_DIVERSE + 1
+    return Selection(tokens, torch.stack([key // (2 * N), key // 2 % N], dim=1), kinds,
+                     segments=segs, extras=extras)
