@@ -16,6 +16,7 @@ from .gram import set_gram
 from .merge_tokens import merge_tokens
 from .penalized_topk import gather_topk, penalized_topk
 from .project import project
+from .segment_stats import segment_stats
 from .sink_score import sink_score
 from .temporal_threshold import adjacent_cosine, segment_static_mask, static_mask
 
@@ -34,5 +35,6 @@ __all__ = [
     "dpc_assign",
     "flashvid_tree",
     "flashvid_layout",
+    "segment_stats",
     "merge_tokens",
 ]

@@ -10,8 +10,8 @@ nearest centre of every token.
 
 Shapes and dtypes: gram (B, n, n) float32, valid (B, n) bool (the set's members, any subset,
 in index order), k (B,) int64 (1 ≤ k ≤ members, or 0 for an unused set) → score (B, n)
-float32 (−inf off the set). centers (B, c) int64 indices (≥ n: no centre), n_centers (B,)
-→ assign (B, n) int64 (0 off the set). The arithmetic is that of the torch twins
+float32 (−inf off the set). centers (B, c) int64 indices of which the first n_centers[b] are
+set b's centres (the rest are not read) → assign (B, n) int64 (0 off the set). The arithmetic is that of the torch twins
 (:func:`stop_fast.pipelines.dpc_knn.dpc_knn_gram`), so both rank identically.
 
 One launch each, one program per set (scores: two sweeps over row tiles, the densities of
@@ -81,7 +81,9 @@ def _score_kernel(gram, valid, k, score, n, s_gb, s_gi, s_gj, s_vb, s_sb, inv_di
                                                      & (oj[None, :] < oi[:, None]))
         near2 = tl.min(tl.where(higher & vj[None, :], d2, float("inf")), 1)
         delta = tl.sqrt(tl.where(near2 == float("inf"), dmax2, near2))
-        sc = tl.where(vi, tl.log(delta) - msq_i, -float("inf"))
+        # log δ; δ = 0 (duplicate tokens) scores −inf, without evaluating log(0)
+        logd = tl.where(delta > 0, tl.log(tl.where(delta > 0, delta, 1.0)), -float("inf"))
+        sc = tl.where(vi, logd - msq_i, -float("inf"))
         tl.debug_barrier()
         tl.store(score + b * s_sb + oi, sc, mask=mi)
 
@@ -97,7 +99,6 @@ def _assign_kernel(gram, centers, n_centers, assign, n, c, s_gb, s_gi, s_gj, s_c
     nc = tl.load(n_centers + b)
     mc = oc < nc
     cen = tl.load(centers + b * s_cb + oc, mask=mc, other=0)
-    cen = tl.where(mc & (cen < n), cen, 0)
     d2 = _d2_tile(g, oi, cen, mi, mc, n, s_gi, s_gj, inv_dim)
     d2 = tl.where(oi[:, None] == cen[None, :], 0.0, d2)
     d2 = tl.where(mc[None, :], d2, float("inf"))

@@ -117,8 +117,8 @@ def set_gram(src: torch.Tensor, starts: torch.Tensor, counts: torch.Tensor, n_ma
     xs = _token_rows(src, rows).float() * valid[..., None]
     gram = torch.bmm(xs, xs.mT)
     gram = (gram + gram.mT) * 0.5
-    crs = torch.bmm(xs[1:], xs[:-1].mT) if cross else xs.new_zeros(0, n_max, n_max)
-    sm = xs.sum(1, keepdim=True) if sums else xs.new_zeros(0, 1, D)
+    crs = torch.bmm(xs[1:], xs[:-1].mT) if cross else torch.zeros(0, n_max, n_max, device=src.device)
+    sm = xs.sum(1, keepdim=True) if sums else torch.zeros(0, 1, D, device=src.device)
     return gram, crs, sm
 
 
@@ -192,3 +192,22 @@ def merge_tokens(x: torch.Tensor, members: torch.Tensor, weights: torch.Tensor,
     out = F.embedding_bag(rows, table.float(), offsets[:-1], mode="sum",
                           per_sample_weights=weights.float())
     return out.to(out_dtype)
+
+
+def segment_stats(x: torch.Tensor, norms: torch.Tensor, bounds: torch.Tensor):
+    """Per segment [b, e] and location: the mean over the frames (S, N, D), and
+    Σ_{u≠v} ⟨x̂_u, x̂_v⟩ with x̂ = x / max(norms, 1e-12) as (S, N, 1)
+    (kernels/segment_stats.py returns partial sums over chunks of D: callers sum the last
+    dim)."""
+    T = x.shape[0]
+    t = torch.arange(T, device=x.device)
+    member = ((t >= bounds[:, :1]) & (t <= bounds[:, 1:])).float()            # (S, T)
+    xf = x.float()
+    mean = torch.einsum("st,tnd->snd", member / member.sum(1, keepdim=True), xf)
+    # Σ_{u≠v} ⟨x̂_u, x̂_v⟩ from each location's Gram over the frames
+    xt = xf.transpose(0, 1)                                                  # (N, T, D)
+    inv = 1.0 / norms.float().clamp_min(1e-12).T                            # (N, T)
+    cos = torch.bmm(xt, xt.mT) * inv[:, :, None] * inv[:, None, :]
+    cos.diagonal(dim1=1, dim2=2).zero_()
+    sq = torch.einsum("su,nuv,sv->sn", member, cos, member)
+    return mean, sq[..., None]

@@ -59,7 +59,7 @@ def merge_tree(best: torch.Tensor, arg: torch.Tensor, pick_row: torch.Tensor, la
     kept = lay.seg_sum((sig <= theta).sum(1))                             # (S,)
     bound = B * lay.length
     kth = lay.length * N - bound
-    padded = torch.cat([sig, sig.new_full((1, N), -math.inf)])[lay.frames].flatten(1)
+    padded = torch.cat([sig, torch.full((1, N), -math.inf, device=dev)])[lay.frames].flatten(1)
     v = padded.sort(dim=1, descending=True).values.gather(1, (kth - 1).clamp(min=0)[:, None])
     low_thr = torch.where(kth > 0, v[:, 0].clamp(min=-1.0 + 1e-6), math.inf)
     thr = torch.where(kept < bound, low_thr, theta)
@@ -174,9 +174,9 @@ def spatial_output(values, own, tree: Tree, picks, sizes: list[int], lay, n_m: i
         centers, asg = dpc_knn_gram(gram, valid, c_t, c_max, c_t.clamp(max=k_cap), k_cap, dim,
                                     backend)
         # the clustered frames' rows of the tables: centre locations and assignments
-        cloc = tree.loc[frames_c[:, None], centers.clamp(max=N - 1)]
+        cloc = tree.loc[frames_c[:, None], centers]
         mloc = mloc.index_put((frames_c,), torch.nn.functional.pad(cloc, (0, R - c_max)))
-        assign = tree.loc.new_zeros(T, asg.shape[1]).index_put_((frames_c,), asg)
+        assign = torch.zeros(T, asg.shape[1], dtype=torch.int64, device=dev).index_put_((frames_c,), asg)
     keys, ptr, members, weights = layout(picks, mloc, assign, own, n_out, sizes, clus, backend)
     return M.merge(values, members, weights, ptr, out_dtype, backend), keys
 

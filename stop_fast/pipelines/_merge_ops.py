@@ -14,7 +14,8 @@ from .. import dispatch
 from .. import torch_backend as TB
 from .base import to_device
 
-__all__ = ["to_device", "kernel", "frame_grams", "project", "adts_match", "run_grams", "scatter_rows", "merge"]
+__all__ = ["to_device", "kernel", "frame_grams", "project", "adts_match", "run_grams", "scatter_rows", "merge",
+           "segment_stats"]
 
 
 def _kernels(backend: str, device: torch.device):
@@ -46,7 +47,7 @@ def frame_grams(x: torch.Tensor, backend: str, cross: bool = True):
         C = both[:, N:, :N]
     else:
         G = torch.bmm(xf, xf.mT)
-        C = torch.bmm(xf[1:], xf[:-1].mT) if cross else xf.new_zeros(0, N, N)
+        C = torch.bmm(xf[1:], xf[:-1].mT) if cross else torch.zeros(0, N, N, device=x.device)
     return G, C, xf.sum(1)
 
 
@@ -54,6 +55,15 @@ def project(x: torch.Tensor, v: torch.Tensor, backend: str) -> torch.Tensor:
     """(T, N) float32 ⟨x[t, i], v[t]⟩, one pass over x."""
     K = _kernels(backend, x.device)
     return K.project(x, v) if K is not None else TB.project(x, v)
+
+
+def segment_stats(x: torch.Tensor, norms: torch.Tensor, bounds: torch.Tensor, backend: str):
+    """One pass over x: each segment's mean over its frames (S, N, D) and Σ_{u≠v} ⟨x̂_u, x̂_v⟩
+    at each location (S, N) (kernels/segment_stats.py; the torch route takes the latter from
+    each location's Gram over the frames)."""
+    K = _kernels(backend, x.device)
+    mean, sq = (K or TB).segment_stats(x, norms, bounds)
+    return mean, sq.sum(-1)
 
 
 def adts_match(gram, cross, w, n_a: int, backend: str):
@@ -95,7 +105,7 @@ def run_grams(buf: torch.Tensor, starts: list[int], sizes: list[int], backend: s
         blocks += [g.as_strided((n, n), (R, 1), g.storage_offset() + (starts[s] - r0) * (R + 1))
                    for s in range(i, j + 1)]
         i = j + 1
-    return torch.stack(blocks) if blocks else buf.new_zeros(0, n, n, dtype=torch.float32)
+    return torch.stack(blocks) if blocks else torch.zeros(0, n, n, device=buf.device)
 
 
 def scatter_rows(x: torch.Tensor, slot: torch.Tensor, weight: torch.Tensor, M: int,

@@ -227,12 +227,13 @@ def gram_scores(gram: torch.Tensor, valid: torch.Tensor, k: torch.Tensor, max_k:
 
 def gram_assign(gram: torch.Tensor, centers: torch.Tensor, n_centers: torch.Tensor,
                 dim: int) -> torch.Tensor:
-    """(B, n) index into each set's centre list of every token's nearest centre (ties: the
-    earlier centre; a centre itself). Torch twin of ``kernels/dpc.py``'s ``dpc_assign``."""
+    """(B, n) index into each set's centre list (its first n_centers[b] entries) of every
+    token's nearest centre (ties: the earlier centre; a centre itself). Torch twin of
+    ``kernels/dpc.py``'s ``dpc_assign``."""
     B, n, _ = gram.shape
     c = centers.shape[1]
     cvalid = torch.arange(c, device=gram.device) < n_centers[:, None]
-    cidx = torch.where(cvalid & (centers < n), centers, 0)
+    cidx = torch.where(cvalid, centers, 0)
     sq = gram.diagonal(dim1=1, dim2=2)
     g_c = gram.gather(2, cidx[:, None, :].expand(B, n, c))
     g_ct = gram.gather(1, cidx[:, :, None].expand(B, c, n)).mT
@@ -255,16 +256,15 @@ def dpc_knn_gram(gram: torch.Tensor, valid: torch.Tensor, n_centers: torch.Tenso
     only a prefix); n_centers, k (B,) int64 with 1 <= k, n_centers <= members (or 0 for an
     unused set); ``dim`` the feature width of the distances. Same tie rules and log-domain
     centre score as :func:`dpc_knn_batched` with ``by_score=True``. Returns (centers
-    (B, max_centers) int64 indices into n by descending score, padded with n; assign (B, n)
-    int64 index into the centre row; invalid tokens unspecified). No host sync. On
+    (B, max_centers) int64 indices into n by descending score, of which the first
+    n_centers[b] are set b's centres (the rest unspecified); assign (B, n) int64 index into
+    the centre row; invalid tokens unspecified). No host sync. On
     ``backend="triton"`` the scores and the assignment are the kernels of ``kernels/dpc.py``.
     """
     kern = _kernels() if backend == "triton" else None
     score = (kern.dpc_scores if kern else gram_scores)(gram, valid, k, max_k, dim)
-    n = gram.shape[1]
-    order = torch.sort(score, dim=1, descending=True, stable=True).indices[:, :max_centers]
-    cvalid = torch.arange(order.shape[1], device=gram.device) < n_centers[:, None]
-    centers = torch.where(cvalid, order, n)
+    # the first n_centers of each row are the centres; the assignment ignores the rest
+    centers = torch.sort(score, dim=1, descending=True, stable=True).indices[:, :max_centers]
     assign = (kern.dpc_assign if kern else gram_assign)(gram, centers, n_centers, dim)
     return centers, assign
 

@@ -113,7 +113,7 @@ class SegmentLayout:
 
     def seg_sum(self, v: torch.Tensor) -> torch.Tensor:
         """(T, …) → (S, …): sum over each segment's frames."""
-        out = v.new_zeros((len(self.segs),) + tuple(v.shape[1:]))
+        out = torch.zeros((len(self.segs),) + tuple(v.shape[1:]), dtype=v.dtype, device=v.device)
         return out.index_add_(0, self.seg_of, v)
 
 
