@@ -57,7 +57,7 @@ def _tree_kernel(best, arg, pick_row, bounds, pool, root, count, rank, loc, size
     mi = oi < N
     kept = 0
     for t in range(b, e + 1):
-        sig, _, _ = _sigma(best, arg, pick_row, t, b, N, oi, mi, s_bt, s_ft)
+        sig, _pi, _fr = _sigma(best, arg, pick_row, t, b, N, oi, mi, s_bt, s_ft)
         kept += tl.sum((mi & (sig <= theta)).to(tl.int32), 0)
     bound = B * L
     kth = L * N - bound
@@ -66,11 +66,11 @@ def _tree_kernel(best, arg, pick_row, bounds, pool, root, count, rank, loc, size
         # largest key K with #{σ* ≥ K} ≥ kth: the kth-largest σ*, exactly
         lo = tl.full([], -2147483648, tl.int64)
         hi = tl.full([], 2147483647, tl.int64)
-        for _ in range(32):
+        for _step in range(32):
             mid = (lo + hi + 1) // 2
             n_ge = 0
             for t in range(b, e + 1):
-                sig, _, _ = _sigma(best, arg, pick_row, t, b, N, oi, mi, s_bt, s_ft)
+                sig, _pi, _fr = _sigma(best, arg, pick_row, t, b, N, oi, mi, s_bt, s_ft)
                 n_ge += tl.sum((mi & (_key(sig).to(tl.int64) >= mid)).to(tl.int32), 0)
             up = n_ge >= kth
             lo = tl.where(up, mid, lo)

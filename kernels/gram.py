@@ -44,8 +44,8 @@ def _gram_kernel(src, starts, counts, gram, cross, sums, D, n_max, n_per, s_t, s
     q = p - n_pairs
     # row-major upper triangle: block row b starts at b·n_blocks − b(b − 1)/2
     ti = 0
-    for b in range(1, n_blocks):
-        ti += (p >= b * n_blocks - b * (b - 1) // 2).to(tl.int32)
+    for r in range(1, n_blocks):
+        ti += (p >= r * n_blocks - r * (r - 1) // 2).to(tl.int32)
     tj = ti + p - (ti * n_blocks - ti * (ti - 1) // 2)
     bi = tl.where(is_cross, q // n_blocks, ti)
     bj = tl.where(is_cross, q % n_blocks, tj)
@@ -66,15 +66,15 @@ def _gram_kernel(src, starts, counts, gram, cross, sums, D, n_max, n_per, s_t, s
         for k0 in range(0, D, BLOCK_K):
             mk = (ok < D - k0)[None, :]
             # rows past a set's count load as 0, so their products (and padding) are 0
-            a = tl.load(a_ptrs, mask=(oi < n_a)[:, None] & mk, other=0.0)
-            b = tl.load(b_ptrs, mask=(oj < n_b)[:, None] & mk, other=0.0)
+            ta = tl.load(a_ptrs, mask=(oi < n_a)[:, None] & mk, other=0.0)
+            tb = tl.load(b_ptrs, mask=(oj < n_b)[:, None] & mk, other=0.0)
             if UPCAST:
-                a = a.to(tl.float32)
-                b = b.to(tl.float32)
-            acc = tl.dot(a, tl.trans(b), acc, input_precision=PREC)
+                ta = ta.to(tl.float32)
+                tb = tb.to(tl.float32)
+            acc = tl.dot(ta, tl.trans(tb), acc, input_precision=PREC)
             if SUMS:
                 if row_sums:
-                    tl.store(sum_ptrs, tl.sum(a.to(tl.float32), 0), mask=ok < D - k0)
+                    tl.store(sum_ptrs, tl.sum(ta.to(tl.float32), 0), mask=ok < D - k0)
             sum_ptrs += BLOCK_K
             a_ptrs += BLOCK_K * s_d
             b_ptrs += BLOCK_K * s_d
