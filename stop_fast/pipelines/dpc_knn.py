@@ -210,19 +210,20 @@ def gram_scores(gram: torch.Tensor, valid: torch.Tensor, k: torch.Tensor, max_k:
     """(B, n) centre scores log δ − mean_sq of padded sets from their Gram matrices, −inf off
     the set (the torch twin of ``kernels/dpc.py``'s ``dpc_scores``; SPEC §8 tie rules)."""
     n = gram.shape[1]
-    d2 = gram_sq_dist(gram, dim).masked_fill_(~valid[:, None, :], math.inf)
+    off = ~valid
+    d2 = gram_sq_dist(gram, dim)
+    # the largest distance within each set (invalid rows and columns count 0)
+    dmax2 = d2.masked_fill(off[:, :, None] | off[:, None, :], 0.0).amax(dim=(1, 2))
+    d2.masked_fill_(off[:, None, :], math.inf)
     kk = max(1, min(max_k, n))
     near = d2.topk(kk, dim=-1, largest=False).values                   # ascending
-    use = torch.arange(kk, device=gram.device) < k[:, None, None]
-    mean_sq = near.masked_fill_(~use, 0.0).sum(-1) / k.clamp(min=1)[:, None].float()
-    dmax2 = d2.masked_fill(~valid[:, :, None] | torch.isinf(d2), 0.0).amax(dim=(1, 2))
-    rho = -mean_sq                                  # log ρ: the same order, no underflow
-    idx = torch.arange(n, device=gram.device)
-    higher = (rho[:, None, :] > rho[:, :, None]) | (
-        (rho[:, None, :] == rho[:, :, None]) & (idx[None, :] < idx[:, None]))
-    near2 = d2.masked_fill_(~higher, math.inf).amin(-1)
+    mean_sq = near.cumsum(-1).gather(2, (k - 1).clamp(min=0)[:, None, None].expand(-1, n, 1))
+    mean_sq = mean_sq[..., 0] / k.clamp(min=1)[:, None]
+    # denser = earlier in the stable descending order of log ρ = −mean_sq (ties: lower index)
+    rank = torch.sort(mean_sq, dim=1, stable=True).indices.argsort(dim=1)
+    near2 = d2.masked_fill_(rank[:, None, :] >= rank[:, :, None], math.inf).amin(-1)
     delta = torch.where(torch.isinf(near2), dmax2[:, None], near2).sqrt()
-    return (delta.log() - mean_sq).masked_fill_(~valid, -math.inf)
+    return (delta.log() - mean_sq).masked_fill_(off, -math.inf)
 
 
 def gram_assign(gram: torch.Tensor, centers: torch.Tensor, n_centers: torch.Tensor,
@@ -232,18 +233,17 @@ def gram_assign(gram: torch.Tensor, centers: torch.Tensor, n_centers: torch.Tens
     ``kernels/dpc.py``'s ``dpc_assign``."""
     B, n, _ = gram.shape
     c = centers.shape[1]
-    cvalid = torch.arange(c, device=gram.device) < n_centers[:, None]
-    cidx = torch.where(cvalid, centers, 0)
+    cpos = torch.arange(c, device=gram.device)
+    cvalid = cpos < n_centers[:, None]
     sq = gram.diagonal(dim1=1, dim2=2)
-    g_c = gram.gather(2, cidx[:, None, :].expand(B, n, c))
-    g_ct = gram.gather(1, cidx[:, :, None].expand(B, c, n)).mT
-    dc = (sq[:, :, None] + sq.gather(1, cidx)[:, None, :]).sub_(g_c + g_ct)
+    g_c = gram.gather(2, centers[:, None, :].expand(B, n, c))
+    g_ct = gram.gather(1, centers[:, :, None].expand(B, c, n)).mT
+    dc = (sq[:, :, None] + sq.gather(1, centers)[:, None, :]).sub_(g_c + g_ct)
     dc = dc.clamp_min_(0.0).mul_(1.0 / dim).masked_fill_(~cvalid[:, None, :], math.inf)
-    assign = torch.empty(B, n + 1, dtype=torch.int64, device=gram.device)
+    assign = torch.zeros(B, n + 1, dtype=torch.int64, device=gram.device)
     assign[:, :n] = dc.argmin(-1)                  # first minimum: the earlier centre
-    own = torch.where(cvalid, cidx, n)             # unused centre slots write the spare column
-    assign.scatter_(1, own, torch.arange(c, device=gram.device).expand(B, c))
-    return assign[:, :n]
+    # each centre joins itself (unused centre slots write the spare column)
+    return assign.scatter_(1, torch.where(cvalid, centers, n), cpos.expand(B, c))[:, :n]
 
 
 def dpc_knn_gram(gram: torch.Tensor, valid: torch.Tensor, n_centers: torch.Tensor,

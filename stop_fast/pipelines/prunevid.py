@@ -175,13 +175,17 @@ def prunevid_fast(video: base.Video, opts: Options) -> Selection:
     c_max = max(n_out + [1])
     # DPC-kNN of the static sets (Gram of the segment means) and the dynamic sets (the frames'
     # Grams), each set on its own valid locations.
-    cen_s, asg_s = dpc_knn_gram(M.frame_grams(mean, be, cross=False)[0], static, n_cen[:S],
-                                c_max, k_set[:S], K, D, be)
-    cen_d, asg_d = dpc_knn_gram(G, ~is_static, n_cen[S:], c_max, k_set[S:], K, D, be)
+    gram_s = M.frame_grams(mean, be, cross=False)[0]
+    if be == "triton":      # two launches each, rather than a copy of every Gram
+        cen_s, asg_s = dpc_knn_gram(gram_s, static, n_cen[:S], c_max, k_set[:S], K, D, be)
+        cen_d, asg_d = dpc_knn_gram(G, ~is_static, n_cen[S:], c_max, k_set[S:], K, D, be)
+        cen, asg = torch.cat([cen_s, cen_d]), torch.cat([asg_s, asg_d])
+    else:                   # one set of ops for all sets, at the price of that copy
+        cen, asg = dpc_knn_gram(torch.cat([gram_s, G]), valid, n_cen, c_max, k_set, K, D, be)
     # Each token's output row and weight: a cluster mean, or a pass-through token; static
     # tokens also average over the segment's W frames.
     rank = valid.cumsum(1) - 1
-    col = torch.where(act[:, None], torch.cat([asg_s, asg_d]), rank).clamp(min=0)
+    col = torch.where(act[:, None], asg, rank).clamp(min=0)
     size_of = torch.zeros(S + T, N + 1, device=dev).scatter_add_(
         1, torch.where(valid, col, N), torch.ones(S + T, N, device=dev))
     weight = (size_of.gather(1, col) * wdiv).reciprocal().view(-1)
@@ -192,8 +196,7 @@ def prunevid_fast(video: base.Video, opts: Options) -> Selection:
     # Locations: a cluster's centre, or the pass-through token's own location.
     loc = torch.zeros(S + T, N + 1, dtype=torch.int64, device=dev).scatter_(
         1, torch.where(valid, rank, N), torch.arange(N, device=dev).expand(S + T, N))
-    cen = F.pad(torch.cat([cen_s, cen_d]), (0, N - c_max))
-    out_loc = torch.where(act[:, None], cen, loc[:, :N]).view(-1)
+    out_loc = torch.where(act[:, None], F.pad(cen, (0, N - c_max)), loc[:, :N]).view(-1)
     positions = torch.stack([frame_t, out_loc[slot_t]], dim=1)
     return Selection(tokens, positions, kind_t.to(torch.int8), segments=segs,
                      extras={"static_counts": n_static})
