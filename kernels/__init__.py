@@ -12,6 +12,7 @@ from .merge_tokens import merge_tokens
 from .penalized_topk import gather_topk, penalized_topk
 from .sink_score import sink_score
 from .temporal_threshold import adjacent_cosine, segment_static_mask, static_mask
+from .visionzip_plan import visionzip_plan
 
 __all__ = [
     "column_mean_attention",
@@ -22,4 +23,5 @@ __all__ = [
     "static_mask",
     "segment_static_mask",
     "merge_tokens",
+    "visionzip_plan",
 ]
