@@ -74,9 +74,25 @@ def gather_topk(attn: torch.Tensor, sink: torch.Tensor, k: int, features: torch.
     return idx, tokens.contiguous()
 
 
+# Frames per batched Gram in adjacent_cosine (windows overlap by one frame).
+COSINE_WINDOW = 32
+
+
 def adjacent_cosine(x: torch.Tensor) -> torch.Tensor:
-    xn = F.normalize(x.float(), dim=-1, eps=1e-12)
-    return (xn[:-1] * xn[1:]).sum(dim=-1)
+    """⟨x_t, x_t+1⟩ / (max(‖x_t‖, ε)·max(‖x_t+1‖, ε)), the kernel's formula, from batched Grams
+    per location over windows of ``COSINE_WINDOW`` frames: (N, W, D) @ (N, D, W) reads each row
+    once per window (once in all for T ≤ W), where normalize-then-multiply reads and writes
+    x several times. fp16/bf16 rows are copied to fp32 first (matmul would round its output
+    to the input dtype)."""
+    T = x.shape[0]
+    xs = x.float().transpose(0, 1)                                    # (N, T, D), a view
+    parts = []
+    for t0 in range(0, T - 1, COSINE_WINDOW - 1):
+        w = xs[:, t0:t0 + COSINE_WINDOW]
+        g = torch.bmm(w, w.transpose(1, 2))                           # (N, W, W)
+        norm = g.diagonal(dim1=1, dim2=2).sqrt().clamp(min=1e-12)
+        parts.append(g.diagonal(offset=1, dim1=1, dim2=2) / (norm[:, :-1] * norm[:, 1:]))
+    return torch.cat(parts, dim=1).T.contiguous() if len(parts) > 1 else parts[0].T.contiguous()
 
 
 def static_mask(x: torch.Tensor, sink: torch.Tensor, tau: float, mu_t: float) -> torch.Tensor:
