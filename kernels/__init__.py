@@ -19,6 +19,7 @@ from .project import project
 from .segment_stats import segment_stats
 from .sink_score import sink_score
 from .temporal_threshold import adjacent_cosine, segment_static_mask, static_mask
+from .visionzip_plan import visionzip_plan
 
 __all__ = [
     "column_mean_attention",
@@ -37,4 +38,5 @@ __all__ = [
     "flashvid_layout",
     "segment_stats",
     "merge_tokens",
+    "visionzip_plan",
 ]

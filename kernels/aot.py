@@ -42,8 +42,8 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _TY = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.int64: "i64",
        torch.int32: "i32", torch.int8: "i8", torch.uint8: "u8", torch.bool: "u1"}
 MODULES = ("column_mean_attention", "sink_score", "penalized_topk", "temporal_threshold",
-           "merge_tokens", "gram", "project", "adts", "dpc", "flashvid_tree", "flashvid_layout",
-           "segment_stats")
+           "merge_tokens", "visionzip_plan", "gram", "project", "adts", "dpc", "flashvid_tree",
+           "flashvid_layout", "segment_stats")
 
 
 def _module(name):
@@ -124,7 +124,7 @@ def _scenarios(dtype):
     """(label, thunk) pairs: each thunk runs a launcher on meta tensors of a real shape."""
     cma, sink = _module("column_mean_attention"), _module("sink_score")
     topk, temp = _module("penalized_topk"), _module("temporal_threshold")
-    merge = _module("merge_tokens")
+    merge, vzp = _module("merge_tokens"), _module("visionzip_plan")
     ty = _TY[dtype]
     # SigLIP (LLaVA-OneVision/Video: 729 tokens, 16 × 72, B = 32 frames, "bhnd", one head
     # split as on an A6000) and Qwen2.5-VL's ViT (16 × 80, "bnhd" view, two splits as on H100).
@@ -156,6 +156,13 @@ def _scenarios(dtype):
     for out in (None, torch.float32):
         yield f"{ty} T=32 N=196 D=3584 M=640 merge out={_TY[out or dtype]}", \
             lambda out=out: merge.launch(x, idx, w, offsets, out)
+    # VisionZip's layout: LLaVA (N = 196, S = 20…50), Qwen2.5-VL (N = 256), up to MAX_N = 512.
+    for n, dk, S in ((196, 72, 20), (196, 72, 50), (256, 80, 25), (512, 72, 51)):
+        a, s = _meta(32, n), _meta(n)
+        m = _meta(32, n, dk, dtype=dtype)
+        tg = torch.zeros(32, S - S * 54 // 64, dtype=torch.int64, device="meta")
+        yield f"{ty} T=32 N={n} Dk={dk} S={S} visionzip plan", \
+            lambda a=a, s=s, m=m, tg=tg, S=S: vzp.launch(a, s, .03, S * 54 // 64, tg, m, (0, 1))
     yield from merging_scenarios(dtype, _module, _meta, _TY[dtype])
 
 

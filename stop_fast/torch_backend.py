@@ -74,9 +74,25 @@ def gather_topk(attn: torch.Tensor, sink: torch.Tensor, k: int, features: torch.
     return idx, tokens.contiguous()
 
 
+# Frames per batched Gram in adjacent_cosine (windows overlap by one frame).
+COSINE_WINDOW = 32
+
+
 def adjacent_cosine(x: torch.Tensor) -> torch.Tensor:
-    xn = F.normalize(x.float(), dim=-1, eps=1e-12)
-    return (xn[:-1] * xn[1:]).sum(dim=-1)
+    """⟨x_t, x_t+1⟩ / (max(‖x_t‖, ε)·max(‖x_t+1‖, ε)), the kernel's formula, from batched Grams
+    per location over windows of ``COSINE_WINDOW`` frames: (N, W, D) @ (N, D, W) reads each row
+    once per window (once in all for T ≤ W), where normalize-then-multiply reads and writes
+    x several times. fp16/bf16 rows are copied to fp32 first (matmul would round its output
+    to the input dtype)."""
+    T = x.shape[0]
+    xs = x.float().transpose(0, 1)                                    # (N, T, D), a view
+    parts = []
+    for t0 in range(0, T - 1, COSINE_WINDOW - 1):
+        w = xs[:, t0:t0 + COSINE_WINDOW]
+        g = torch.bmm(w, w.transpose(1, 2))                           # (N, W, W)
+        norm = g.diagonal(dim1=1, dim2=2).sqrt().clamp(min=1e-12)
+        parts.append(g.diagonal(offset=1, dim1=1, dim2=2) / (norm[:, :-1] * norm[:, 1:]))
+    return torch.cat(parts, dim=1).T.contiguous() if len(parts) > 1 else parts[0].T.contiguous()
 
 
 def static_mask(x: torch.Tensor, sink: torch.Tensor, tau: float, mu_t: float) -> torch.Tensor:
@@ -211,3 +227,48 @@ def segment_stats(x: torch.Tensor, norms: torch.Tensor, bounds: torch.Tensor):
     cos.diagonal(dim1=1, dim2=2).zero_()
     sq = torch.einsum("su,nuv,sv->sn", member, cos, member)
     return mean, sq[..., None]
+
+
+def visionzip_plan(attn: torch.Tensor, sink: torch.Tensor, mu_s: float, n_dom: int,
+                   targets: torch.Tensor, metric: torch.Tensor, kinds: tuple[int, int],
+                   ) -> tuple[torch.Tensor, ...]:
+    """VisionZip's per-frame layout (SPEC §7) as a :func:`merge_tokens` plan.
+
+    attn (T, N), sink (N,), mu_s: the dominant tokens are the ``n_dom`` largest
+    attn − mu_s·sink per frame (ties to the lower index). targets (T, C) int64: positions of
+    the contextual targets in each frame's remaining list (non-dominant locations, ascending);
+    metric (T, N, Dk). Every other remaining token joins the target of highest metric cosine
+    (ties: the earlier target). Returns, with S = n_dom + C outputs per frame and the entries
+    of frame t at t·N … t·N + N − 1:
+    rows (T·N,) int64 flat rows t·N + i, weights (T·N,) fp32 (1 for a dominant token or a
+    target, 1/|members| for a member), offsets (T·S + 1,) int64 (per frame: the dominant
+    tokens ascending, then target c with its members ascending), positions (T·S, 2) int64
+    [t, location], kinds (T·S,) int8 (``kinds`` = (dominant code, contextual code)).
+    """
+    T, N, _ = metric.shape
+    C = targets.shape[1]
+    S, dev = n_dom + C, metric.device
+    frames = torch.arange(T, device=dev)[:, None]
+    is_dom = torch.zeros(T, N, dtype=torch.bool, device=dev)
+    if n_dom:
+        is_dom.scatter_(1, penalized_topk(attn, sink, n_dom, mu_s), True)
+    # Non-dominant locations ascending, then the dominant ones ascending (stable sort).
+    order = torch.sort(is_dom.to(torch.uint8), dim=1, stable=True).indices
+    tgt = order.gather(1, targets)                                        # (T, C) locations
+    mn = F.normalize(metric.float(), dim=-1)
+    assign = torch.bmm(mn, mn[frames, tgt].transpose(1, 2)).argmax(dim=2)  # (T, N)
+    c_of = torch.full((T, N), -1, dtype=torch.int64, device=dev).scatter_(
+        1, tgt, torch.arange(C, device=dev).expand(T, C))
+    member = ~is_dom & (c_of < 0)
+    # Output slot of every location; a target sorts before its members (key parity).
+    slot = torch.where(is_dom, is_dom.cumsum(dim=1) - 1, n_dom + torch.where(member, assign, c_of))
+    entry = torch.sort(slot * 2 + member, dim=1, stable=True).indices       # (T, N)
+    counts = torch.zeros(T, C, dtype=torch.int64, device=dev).scatter_add_(1, assign, member.long())
+    w = torch.where(member, 1.0 / counts.gather(1, assign).clamp(min=1), 1.0)
+    sizes = torch.cat([torch.ones(T, n_dom, dtype=torch.int64, device=dev), counts + 1], dim=1)
+    offsets = F.pad(sizes.flatten().cumsum(0), (1, 0))
+    locs = torch.cat([order[:, N - n_dom:], tgt], dim=1)
+    positions = torch.stack([frames.expand(T, S), locs], dim=-1).reshape(-1, 2)
+    kind = torch.where(torch.arange(S, device=dev) < n_dom, kinds[0], kinds[1])
+    return ((frames * N + entry).flatten(), w.gather(1, entry).flatten(), offsets, positions,
+            kind.to(torch.int8).repeat(T))
