@@ -14,8 +14,15 @@ from .. import dispatch
 from .. import torch_backend as TB
 from .base import to_device
 
-__all__ = ["to_device", "kernel", "frame_grams", "project", "adts_match", "run_grams", "scatter_rows", "merge",
+__all__ = ["to_device", "kernel", "features", "frame_grams", "project", "adts_match", "run_grams", "scatter_rows", "merge",
            "segment_stats"]
+
+
+def features(x: torch.Tensor, backend: str) -> torch.Tensor:
+    """The features as the passes read them: as they are for the kernels (which read any
+    dtype and accumulate in fp32); float32 on the torch route, copied once here rather than
+    by every pass (CPU matmuls have no bf16-in, fp32-out form)."""
+    return x if backend == "triton" else x.float()
 
 
 def _kernels(backend: str, device: torch.device):

@@ -140,7 +140,8 @@ def flashvid_fast(video: base.Video, opts: Options) -> Selection:
     B, n_a, n_m = flashvid_budget(N, opts)
     # 1. One pass over the features: every frame's Gram, the cross Gram with the previous
     # frame and the frame sums. Every cosine below comes from these.
-    G, C, F_sum = M.frame_grams(x, be)
+    xs = M.features(x, be)
+    G, C, F_sum = M.frame_grams(xs, be)
 
     # 2. Segmentation: the one host transfer for the layout (T − 1 floats).
     f = F.normalize(F_sum, dim=-1)
@@ -161,7 +162,7 @@ def flashvid_fast(video: base.Video, opts: Options) -> Selection:
     # 3b. ADTS with w = ã · ⟨x, ḡ⟩, ḡ the segment's mean token (a second pass over the
     # features), and each token's best match among the previous frame's unpicked tokens.
     gbar = lay.seg_sum(F_sum) / (lay.length[:, None] * N)
-    w = af * M.project(x, gbar[lay.seg_of], be)
+    w = af * M.project(xs, gbar[lay.seg_of], be)
     picks, pick_row, best, arg = M.adts_match(G, C, w, n_a, be)
     if n_m == 0:
         key = (torch.arange(T, device=dev)[:, None] * N + picks).view(-1)
@@ -172,7 +173,7 @@ def flashvid_fast(video: base.Video, opts: Options) -> Selection:
         # 3d. Temporal tree merge on indices; the pool sizes are the second host transfer.
         tree = merge_tree(best, arg, pick_row, lay, B, opts.merge_threshold, be)
         sizes = tree.sizes.tolist()
-        values, own = pooled_values(x, tree, pick_row, sizes, n_a, be)
+        values, own = pooled_values(xs, tree, pick_row, sizes, n_a, be)
         # 3e–4. Spatial DPC-kNN and the output tokens in LLM order, in the features' dtype.
         tokens, key = spatial_output(values, own, tree, picks, sizes, lay, n_m, opts.max_k, D,
                                      x.dtype, be)

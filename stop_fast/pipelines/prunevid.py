@@ -127,7 +127,8 @@ def prunevid_fast(video: base.Video, opts: Options) -> Selection:
     # frame sums. Frame clusters by DPC-kNN over the frame means (their Gram, centred: the same
     # distances, fewer digits lost; the 1/N of the means goes into the distance scale), labels
     # in centre-score order; contiguity on the host: the first host transfer (T labels).
-    G, _, F_sum = M.frame_grams(x, be, cross=False)
+    xs = M.features(x, be)
+    G, _, F_sum = M.frame_grams(xs, be, cross=False)
     fc = F_sum - F_sum.mean(0)
     n_frame_c, k_f = frame_clustering(T)
     n_fc, k_fc = to_device(dev, [n_frame_c], [k_f])
@@ -143,7 +144,7 @@ def prunevid_fast(video: base.Video, opts: Options) -> Selection:
     # 4. Static locations: Σ_{u≠v} cos over the segment's frames, from a second pass that also
     # gives the segment means of every location. (W = 1: no pair, never static.)
     norms = G.diagonal(dim1=1, dim2=2).clamp_min(0.0).sqrt()
-    mean, cos_sum = M.segment_stats(x, norms, bounds, be)
+    mean, cos_sum = M.segment_stats(xs, norms, bounds, be)
     static = cos_sum / pairs > THRESHOLD
     # Second host transfer: |S| per segment fixes every cluster count.
     n_static = static.sum(1).tolist()
@@ -192,7 +193,7 @@ def prunevid_fast(video: base.Video, opts: Options) -> Selection:
     out_row = torch.where(base_t[:, None] < total, base_t[:, None] + col, total).view(-1)
     set_of = torch.where(is_static, seg_t[:, None], S + torch.arange(T, device=dev)[:, None])
     tok = (set_of * N + torch.arange(N, device=dev)).view(-1)         # (set, location) of each token
-    tokens = M.scatter_rows(x, out_row[tok], weight[tok], total + 1, be)[:total].to(x.dtype)
+    tokens = M.scatter_rows(xs, out_row[tok], weight[tok], total + 1, be)[:total].to(x.dtype)
     # Locations: a cluster's centre, or the pass-through token's own location.
     loc = torch.zeros(S + T, N + 1, dtype=torch.int64, device=dev).scatter_(
         1, torch.where(valid, rank, N), torch.arange(N, device=dev).expand(S + T, N))
