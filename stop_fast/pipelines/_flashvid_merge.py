@@ -87,7 +87,8 @@ def pooled_values(x: torch.Tensor, tree: Tree, pick_row: torch.Tensor, sizes: li
     """One pass over x into the rows of the spatial stage: first T·n_a rows for the ADTS
     tokens (row t·n_a + k: frame t's k-th pick; a one-frame segment's picks stay in its pool
     and leave theirs empty), then the pool tokens' tree averages frame by frame (ascending
-    location), then max(sizes) empty rows of slack for :func:`._merge_ops.run_grams`.
+    location), then, on the torch route, max(sizes) empty rows of slack for
+    :func:`._merge_ops.run_grams`.
     Returns (values (rows, D) float32, own (T·N,) int64: the row of each token that has one)."""
     T, N, _ = x.shape
     starts = [T * n_a]
@@ -98,7 +99,8 @@ def pooled_values(x: torch.Tensor, tree: Tree, pick_row: torch.Tensor, sizes: li
     root = tree.root.view(-1)
     # a merged token adds into its root's row, weighted by 1 / (1 + the root's direct children)
     weight = tree.count.view(-1)[root].reciprocal()
-    return M.scatter_rows(x, own[root], weight, T * n_a + sum(sizes) + max(sizes), backend), own
+    slack = max(sizes) if backend != "triton" else 0
+    return M.scatter_rows(x, own[root], weight, T * n_a + sum(sizes) + slack, backend), own
 
 
 def layout(picks, mloc, assign, own, n_out: list[int], sizes: list[int], clus: list[bool],
@@ -164,9 +166,12 @@ def spatial_output(values, own, tree: Tree, picks, sizes: list[int], lay, n_m: i
     cf = [t for t in range(T) if clus[t]]
     if cf:
         # DPC-kNN over the pool of every clustered frame at once (consecutive pooled rows).
-        first = T * n_a
-        starts = [first + sum(sizes[:t]) for t in cf]
-        gram = M.run_grams(values, starts, [sizes[t] for t in cf], backend)
+        # (only the pool rows: the kernel reads what it is given; the torch route needs the
+        # slack rows after them)
+        end = T * n_a + sum(sizes) if backend == "triton" else None
+        pool_rows = values[T * n_a:end]
+        starts = [sum(sizes[:t]) for t in cf]
+        gram = M.run_grams(pool_rows, starts, [sizes[t] for t in cf], backend)
         frames_c, size_c, c_t = M.to_device(dev, cf, [sizes[t] for t in cf], [n_out[t] for t in cf])
         k_cap = min(max_k, N)
         c_max = max(n_out[t] for t in cf)
