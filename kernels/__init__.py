@@ -8,6 +8,8 @@ implementation (:func:`._op.kernel_op`): eager calls run the launcher directly, 
 torch.compile / export trace the op as one opaque node.
 """
 from .column_mean_attention import column_mean_attention
+from .frame_gram import frame_gram
+from .knn_density import knn_density
 from .merge_tokens import merge_tokens
 from .penalized_topk import gather_topk, penalized_topk
 from .sink_score import sink_score
@@ -24,4 +26,6 @@ __all__ = [
     "segment_static_mask",
     "merge_tokens",
     "visionzip_plan",
+    "frame_gram",
+    "knn_density",
 ]
