@@ -165,8 +165,10 @@ def _scenarios(dtype):
     for n in (196, 256):
         x = _meta(32, n, 3584, dtype=dtype)
         keys = torch.zeros(32, 35, dtype=torch.int64, device="meta")
-        yield f"{ty} T=32 N={n} D=3584 gram distance", lambda x=x: gram.launch(x, None, True)
-        yield f"{ty} T=32 N={n} D=3584 K=35 gram", lambda x=x, k=keys: gram.launch(x, k, False)
+        yield f"{ty} T=32 N={n} D=3584 gram distance", lambda x=x: gram.launch(x, None, "distance")
+        yield f"{ty} T=32 N={n} D=3584 K=35 gram", lambda x=x, k=keys: gram.launch(x, k, "dot")
+        yield f"{ty} T=32 N={n} D=3584 K=35 gram unit keys", \
+            lambda x=x, k=keys: gram.launch(x, k, "unit_keys")
     # Density peaks of sets from distances (dtype-independent: fp32 distances).
     for n, sets in ((184, 32), (256, 32), (1024, 4)):
         d2 = _meta(sets, n, n)

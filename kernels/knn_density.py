@@ -10,7 +10,7 @@ where j is denser than i if ρ_j > ρ_i, or ρ_j = ρ_i and j < i (position in t
 :mod:`stop_fast.pipelines.dpc_knn` and :func:`stop_fast.reference.dpc_knn`.
 
 Shapes and dtypes: d2 (B, R, R) float32 (any strides; e.g. :func:`stop_fast.frame_gram` with
-``distance=True``), members (B, n) int64, k ≥ 1 (at most the set size) → (ρ (B, n), δ (B, n))
+``mode="distance"``), members (B, n) int64, k ≥ 1 (at most the set size) → (ρ (B, n), δ (B, n))
 float32, 0 on padding. A set's members are held in one block (n ≤ ``MAX_N``).
 
 One launch, one program per set, in two phases over blocks of member rows (gathered from

@@ -240,20 +240,25 @@ def merge_tokens(x: torch.Tensor, members: torch.Tensor, weights: torch.Tensor,
     return get("merge_tokens", backend, x.device)(x, members, weights, offsets, out_dtype)
 
 
-def frame_gram(x: torch.Tensor, keys: torch.Tensor | None = None, *, distance: bool = False,
-               backend: str = "auto") -> torch.Tensor:
-    """Per-frame Gram matrices (or squared distances) in one pass over the features.
+GRAM_MODES = ("dot", "distance", "unit_keys")
 
-    x (T, N, D) → (T, N, K) float32: out[t, i, k] = ⟨x[t, i], row(keys[t, k])⟩, or with
-    ``distance`` ‖x[t, i] − row(keys[t, k])‖² (exactly 0 for a row against itself; computed
-    so that a large component shared by the tokens does not cancel digits). keys (T, K) int64
-    lists flat rows t'·N + i' anywhere in the video (a negative entry is padding and gives 0);
-    None means the frame's own N rows. Accumulated in fp32 (float64 in the reference). Keys
-    are range-checked on CPU, and on a GPU together with the finiteness checks (one sync).
+
+def frame_gram(x: torch.Tensor, keys: torch.Tensor | None = None, *, mode: str = "dot",
+               backend: str = "auto") -> torch.Tensor:
+    """Per-frame Gram matrices, squared distances or unit-key dots in one pass over x.
+
+    x (T, N, D) → (T, N, K) float32 of every token x[t, i] against key rows: keys (T, K)
+    int64 lists flat rows t'·N + i' anywhere in the video (negative: padding), None means the
+    frame's own N rows. ``mode``: "dot" ⟨x, row⟩; "distance" ‖x − row‖² (exactly 0 for a row
+    against itself; computed so that a component shared by the tokens does not cancel
+    digits); "unit_keys" ⟨x, row⟩ / ‖row‖ (the cosine up to the query's own norm, ranked by
+    an argmax over keys). Padding gives 0, or −inf for "unit_keys". Accumulated in fp32
+    (float64 in the reference). Keys are range-checked on CPU, and on a GPU together with the
+    finiteness checks (one sync).
     """
     _features("x", x)
-    if not isinstance(distance, bool):
-        raise TypeError(f"distance must be a bool, got {type(distance).__name__}")
+    if mode not in GRAM_MODES:
+        raise ValueError(f"mode must be one of {GRAM_MODES}, got {mode!r}")
     if keys is not None:
         C.tensor("keys", keys, 2, "(T, K)", dtypes=(torch.int64,))
         if keys.shape[0] != x.shape[0]:
@@ -267,14 +272,14 @@ def frame_gram(x: torch.Tensor, keys: torch.Tensor | None = None, *, distance: b
                 raise ValueError(f"keys must be flat rows t·N + i below T·N = {rows} (or negative "
                                  f"for padding), got a maximum of {int(keys.max())}")
     C.finite(x=x)
-    return get("frame_gram", backend, x.device)(x, keys, distance)
+    return get("frame_gram", backend, x.device)(x, keys, mode)
 
 
 def knn_density(d2: torch.Tensor, members: torch.Tensor, k: int, *, scale: float = 1.0,
                 backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Density peaks (SPEC §8) of token sets from their squared distances.
 
-    d2 (B, R, R) float32 squared distances (e.g. :func:`frame_gram` with ``distance=True``);
+    d2 (B, R, R) float32 squared distances (e.g. :func:`frame_gram` with ``mode="distance"``);
     members (B, n) int64 indices into d2's rows/columns of each set's tokens, −1 for padding;
     k ≥ 1 neighbours (self included). Returns (ρ, δ) (B, n) float32: ρ = exp(−scale·mean of
     the k smallest squared distances), δ = √(scale·squared distance to the nearest denser

@@ -163,20 +163,23 @@ def merge_tokens(x: torch.Tensor, members: torch.Tensor, weights: torch.Tensor,
     return out.index_add_(0, owner, weights.double()[:, None] * rows).to(out_dtype or x.dtype)
 
 
-def frame_gram(x: torch.Tensor, keys: torch.Tensor | None = None, distance: bool = False,
+def frame_gram(x: torch.Tensor, keys: torch.Tensor | None = None, mode: str = "dot",
                ) -> torch.Tensor:
-    """out[t, i, k] = ⟨x[t, i], row(keys[t, k])⟩, or ‖x[t, i] − row(keys[t, k])‖² with
-    ``distance``, in float64; row(r) = x[r // N, r % N]; keys None: the frame's own rows; a
-    negative key gives 0. Returns (T, N, K) float32."""
+    """out[t, i, k] = ⟨x[t, i], row(keys[t, k])⟩ ("dot"), ‖x[t, i] − row(keys[t, k])‖²
+    ("distance") or ⟨x[t, i], row(keys[t, k])⟩ / max(‖row(keys[t, k])‖, 1e-12) ("unit_keys"),
+    in float64; row(r) = x[r // N, r % N]; keys None: the frame's own rows; a negative key
+    gives 0 (−inf for "unit_keys"). Returns (T, N, K) float32."""
     T, N, D = x.shape
     q = x.double()
     k = q if keys is None else q.reshape(T * N, D)[keys.clamp(min=0)]
-    if distance:
+    if mode == "distance":
         out = ((q[:, :, None, :] - k[:, None, :, :]) ** 2).sum(-1)
     else:
+        if mode == "unit_keys":
+            k = k / k.norm(dim=-1, keepdim=True).clamp(min=1e-12)
         out = torch.einsum("tid,tkd->tik", q, k)
     if keys is not None:
-        out = torch.where((keys >= 0)[:, None, :], out, 0.0)
+        out = torch.where((keys >= 0)[:, None, :], out, -math.inf if mode == "unit_keys" else 0.0)
     return out.float()
 
 

@@ -183,11 +183,12 @@ def visionzip_plan(attn: torch.Tensor, sink: torch.Tensor, mu_s: float, n_dom: i
             kind.to(torch.int8).repeat(T))
 
 
-def frame_gram(x: torch.Tensor, keys: torch.Tensor | None, distance: bool) -> torch.Tensor:
-    """(T, N, K) fp32 dots (one batched matmul) or squared distances (``cdist`` on exact
-    differences, so a row is at distance 0 from itself) of every token with its frame's
-    tokens (keys None) or with the key rows keys (T, K) (flat t·N + i; negative: padding,
-    0). fp16/bf16 rows are copied to fp32 first."""
+def frame_gram(x: torch.Tensor, keys: torch.Tensor | None, mode: str) -> torch.Tensor:
+    """(T, N, K) fp32 of every token against its frame's tokens (keys None) or the key rows
+    keys (T, K) (flat t·N + i; negative: padding): "dot" (one batched matmul), "distance"
+    (``cdist`` on exact differences: a row is at distance 0 from itself) or "unit_keys" (dots
+    with unit-norm keys). Padding gives 0 (−inf for "unit_keys"). fp16/bf16 rows are copied
+    to fp32 first."""
     T, N, D = x.shape
     q = x.float()
     if keys is None:
@@ -195,11 +196,15 @@ def frame_gram(x: torch.Tensor, keys: torch.Tensor | None, distance: bool) -> to
     else:
         table, rows = _row_table(x, keys.clamp(min=0).flatten())
         k = table[rows].float().view(T, -1, D)
-    if distance:
+    if mode == "distance":
         out = torch.cdist(q, k, compute_mode="donot_use_mm_for_euclid_dist").square_()
+    elif mode == "unit_keys":
+        out = torch.bmm(q, F.normalize(k, dim=-1, eps=1e-12).transpose(1, 2))
     else:
         out = torch.bmm(q, k.transpose(1, 2))
-    return out if keys is None else out.masked_fill_((keys < 0)[:, None, :], 0.0)
+    if keys is None:
+        return out
+    return out.masked_fill_((keys < 0)[:, None, :], -math.inf if mode == "unit_keys" else 0.0)
 
 
 def knn_density(d2: torch.Tensor, members: torch.Tensor, k: int, scale: float,

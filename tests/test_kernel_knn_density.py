@@ -17,7 +17,7 @@ from stop_fast import reference as R
 def sets(B, R_, n, D, seed, ragged=False, strided=False):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(B, R_, D, generator=g)
-    d2 = sf.frame_gram(x, distance=True, backend="torch")
+    d2 = sf.frame_gram(x, mode="distance", backend="torch")
     if strided:
         d2 = d2.transpose(1, 2)                        # symmetric: the same values, other strides
     members = torch.stack([torch.randperm(R_, generator=g)[:n] for _ in range(B)])
@@ -45,7 +45,7 @@ def test_matches_reference(backend, B, R_, n, k, ragged, strided, device):
 @pytest.mark.parametrize("backend", ["triton", "torch", "reference"])
 def test_ties_go_to_the_lower_position(backend):
     x = torch.tensor([[0.0, 0.0], [0.0, 0.0], [3.0, 4.0]])[None]          # two equal points
-    d2 = sf.frame_gram(x, distance=True, backend="torch")
+    d2 = sf.frame_gram(x, mode="distance", backend="torch")
     rho, delta = sf.knn_density(d2, torch.tensor([[0, 1, 2]]), 2, backend=backend)
     assert rho[0, 0] == rho[0, 1]
     assert delta[0, 0] == 5.0 and delta[0, 1] == 0.0      # the first: none denser → largest

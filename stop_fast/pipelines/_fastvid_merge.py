@@ -72,35 +72,31 @@ def anchors(plan: ContextPlan, U: torch.Tensor, psi: torch.Tensor, s_u: torch.Te
 
 
 def anchor_dots(gram, x: torch.Tensor, plan: ContextPlan, anchor_rows: torch.Tensor,
-                U: torch.Tensor, per_frame_keys: bool):
-    """(pool (T, n or N, MB·KB) raw dots of every pool token (or of every token) with the
-    anchors of its frame's anchor frames, norm (F, KB) the anchors' norms). ``per_frame_keys``: one Gram pass with each
-    frame's own key list (the kernel gathers key rows as it goes); otherwise every token
-    against every anchor, the video as one frame of T·N rows (the torch backend would copy
-    each frame's key rows)."""
+                U: torch.Tensor, per_frame_keys: bool) -> torch.Tensor:
+    """(T, n or N, MB·KB): every pool token's (or every token's) dot with each unit-norm
+    anchor of its frame's anchor frames, −inf for padding (SPEC §9 steps 6–7 rank anchors by
+    cosine; a token's own norm does not change its most similar anchor).
+    ``per_frame_keys``: one pass with each frame's own key list (the kernel gathers key rows
+    as it goes); otherwise every token against every anchor, the video as one frame of T·N
+    rows (the torch backend would copy each frame's key rows)."""
     T, N, D = x.shape
     KB, dev = plan.KB, x.device
-    frames = torch.arange(T, device=dev)[:, None]
     afs = plan.frame_afs.clamp(min=0)
     if per_frame_keys:
         keys = anchor_rows[afs].masked_fill((plan.frame_afs < 0)[..., None], -1).view(T, -1)
-        dots = gram(x, keys, False)                                          # (T, N, MB·KB)
-        col = plan.af_block[:, None] * KB + torch.arange(KB, device=dev)
-        norm = dots[plan.af_t[:, None], anchor_rows.clamp(min=0) % N, col]
-        pool = dots                                   # all N rows: no gather of the U rows
-    else:
-        dots = gram(x.reshape(1, T * N, D), anchor_rows.view(1, -1), False)[0]   # (T·N, F·KB)
-        norm = dots[anchor_rows.clamp(min=0).flatten(), torch.arange(dots.shape[1], device=dev)]
-        key_cols = (afs[:, :, None] * KB + torch.arange(KB, device=dev)).view(T, 1, -1)
-        pool = dots[(frames * N + U)[:, :, None], key_cols]
-    return pool, norm.view(plan.F, KB).sqrt().clamp(min=1e-12)
+        return gram(x, keys, "unit_keys")                                    # (T, N, MB·KB)
+    dots = gram(x.reshape(1, T * N, D), anchor_rows.view(1, -1), "unit_keys")[0]  # (T·N, F·KB)
+    key_cols = (afs[:, :, None] * KB + torch.arange(KB, device=dev)).view(T, 1, -1)
+    frames = torch.arange(T, device=dev)[:, None]
+    pool = dots[(frames * N + U)[:, :, None], key_cols]
+    return pool.masked_fill_((plan.frame_afs < 0).repeat_interleave(KB, dim=1)[:, None], -math.inf)
 
 
-def context_merge(plan: ContextPlan, pool, norm, anchor_rows: torch.Tensor, U, sal,
-                  alpha: float, N: int):
+def context_merge(plan: ContextPlan, pool, anchor_rows: torch.Tensor, U, sal, alpha: float,
+                  N: int):
     """(rows, weights, offsets, positions, kinds) of the output: salient copies and context
-    tokens, sorted by t·N + i. pool, norm: :func:`anchor_dots`; ``anchor_rows`` (F, KB) flat
-    rows, −1 padding."""
+    tokens, sorted by t·N + i. pool: :func:`anchor_dots`; ``anchor_rows`` (F, KB) flat rows,
+    −1 padding."""
     T, n = U.shape
     dev, F_, KB, MB = U.device, plan.F, plan.KB, plan.MB
     frames = torch.arange(T, device=dev)[:, None]
@@ -110,14 +106,9 @@ def context_merge(plan: ContextPlan, pool, norm, anchor_rows: torch.Tensor, U, s
         return (out_rows, torch.ones(M, device=dev), torch.arange(M + 1, device=dev),
                 torch.stack([out_rows // N, out_rows % N], dim=1),
                 torch.full((M,), KIND_SALIENT, dtype=torch.int8, device=dev))
-    # Cosine up to the pool token's own norm, which does not change its most similar anchor.
     a_rows = anchor_rows.flatten()                                               # (F·KB,)
     afs = plan.frame_afs                                                         # (T, MB)
-    key_ok = ((afs >= 0)[:, :, None] & (anchor_rows[afs.clamp(min=0)] >= 0)).view(T, 1, -1)
-    # One pass: 0 + dot/norm for real anchors, −inf for padding (never picked).
-    bias = torch.zeros(key_ok.shape, device=dev).masked_fill_(~key_ok, -math.inf)
-    sim = torch.addcdiv(bias, pool, norm[afs.clamp(min=0)].view(T, 1, -1))
-    pick = sim.view(T, -1, MB, KB).argmax(dim=-1)                               # (T, n|N, MB)
+    pick = pool.view(T, -1, MB, KB).argmax(dim=-1)                              # (T, n|N, MB)
     if pick.shape[1] != n:                            # every token's pick: keep the pool's
         pick = pick.gather(1, U[:, :, None].expand(T, n, MB))
     anchor = afs.clamp(min=0)[:, None, :] * KB + pick                            # into (F·KB)

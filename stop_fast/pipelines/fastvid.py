@@ -162,16 +162,16 @@ def fastvid_fast(video: Video, opts: Options) -> Selection:
     xw = x.float() if bk == "torch" else x
     if plan.F:
         # 5. Density scores of U_t (one distance pass) and ψ = ρ·δ − λ·s.
-        rho, delta = get("knn_density", bk, dev)(gram(xw, None, True), U,
+        rho, delta = get("knn_density", bk, dev)(gram(xw, None, "distance"), U,
                                                    min(opts.density_k, n), 1.0 / D)
         s_u = s[U]
         # 6–7. Anchors, then every pool token's dots with the anchors it may join.
         rows_a = anchors(plan, U, rho * delta - lam * s_u, s_u, lam, N)          # (F, KB)
-        pool, norm = anchor_dots(gram, xw, plan, rows_a, U, per_frame_keys=bk != "torch")
+        pool = anchor_dots(gram, xw, plan, rows_a, U, per_frame_keys=bk != "torch")
     else:
-        pool = norm = rows_a = None
+        pool = rows_a = None
     rows, weights, offsets, positions, kinds = context_merge(
-        plan, pool, norm, rows_a, U, sal, float(opts.anchor_weight), N)
+        plan, pool, rows_a, U, sal, float(opts.anchor_weight), N)
     tokens = get("merge_tokens", bk, dev)(xw, rows, weights, offsets, x.dtype)
     return Selection(tokens=tokens, positions=positions, kinds=kinds, segments=segments,
                      extras={"salient_per_frame": S, "context_per_frame": Cb})
