@@ -94,6 +94,8 @@ def adjacent_cosine(x: torch.Tensor) -> torch.Tensor:
         g = torch.bmm(w, w.transpose(1, 2))                           # (N, W, W)
         norm = g.diagonal(dim1=1, dim2=2).sqrt().clamp(min=1e-12)
         parts.append(g.diagonal(offset=1, dim1=1, dim2=2) / (norm[:, :-1] * norm[:, 1:]))
+    if not parts:                                                     # one frame: no pair
+        return x.new_empty(0, x.shape[1], dtype=torch.float32)
     return torch.cat(parts, dim=1).T.contiguous() if len(parts) > 1 else parts[0].T.contiguous()
 
 
