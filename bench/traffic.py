@@ -69,8 +69,7 @@ _FACTORIES = {torch.tensor, torch.as_tensor, torch.arange, torch.zeros, torch.on
 
 
 class HiddenComputeError(RuntimeError):
-    """A custom op ran torch computation inside its implementation, where a meter that counts
-    the op by its inputs and outputs cannot see it."""
+    """A custom op ran torch computation inside its implementation (the meter cannot see it)."""
 
 
 @dataclass
@@ -92,6 +91,7 @@ class Traffic:
     per_op: dict[str, OpStat] = field(default_factory=dict)
     sync_sites: list[str] = field(default_factory=list)
     triton_runtime_ops: int = 0
+    ops_before_sync: int | None = None     # launches before the first host sync (None: no sync)
 
     @property
     def multiple(self) -> float:
@@ -108,7 +108,7 @@ class Traffic:
         return {"multiple": self.multiple, "bytes": self.bytes, "reference_bytes": self.reference_bytes,
                 "ops": self.ops, "syncs": self.syncs, "sync_sites": list(self.sync_sites),
                 "top": [{"op": n, "multiple": m, "launches": k} for n, m, k in self.top(top)],
-                "triton_runtime_ops": self.triton_runtime_ops}
+                "triton_runtime_ops": self.triton_runtime_ops, "ops_before_sync": self.ops_before_sync}
 
 
 def tensor_bytes(t: torch.Tensor) -> int:
@@ -195,10 +195,9 @@ class _Inner(TorchDispatchMode):
             if _from_triton():
                 self.meter.result.triton_runtime_ops += 1
             else:
-                raise HiddenComputeError(
-                    f"custom op {self.op} dispatched {func} inside its implementation: a torch "
-                    "computation the traffic meter cannot count there (a custom op may allocate "
-                    "its outputs and launch Triton kernels, nothing else)")
+                raise HiddenComputeError(f"custom op {self.op} dispatched {func} inside its "
+                                         "implementation, which may only allocate its outputs "
+                                         "and launch Triton kernels")
         return func(*args, **(kwargs or {}))
 
 
@@ -392,6 +391,8 @@ class TrafficMeter:
         s.bytes += nbytes
         s.launches += launches
         r.bytes += nbytes
+        if sync and r.ops_before_sync is None:
+            r.ops_before_sync = r.ops
         r.ops += launches
         if sync:
             s.syncs += 1
@@ -411,9 +412,8 @@ class TrafficMeter:
         _ACTIVE.remove(self)
 
 
-def measure_traffic(fn, *args, reference: torch.Tensor | int, emulate: bool | None = None,
-                    **kwargs):
-    """``(fn(*args, **kwargs), Traffic)``: one call of ``fn`` under a :class:`TrafficMeter`."""
+def measure_traffic(fn, *args, reference: torch.Tensor | int, emulate: bool | None = None, **kw):
+    """``(fn(*args, **kw), Traffic)``: one call of ``fn`` under a :class:`TrafficMeter`."""
     with TrafficMeter(reference, emulate=emulate) as meter:
-        out = fn(*args, **kwargs)
+        out = fn(*args, **kw)
     return out, meter.result

@@ -12,7 +12,9 @@ from .column_mean_attention import column_mean_attention
 from .dpc import dpc_assign, dpc_scores
 from .flashvid_layout import flashvid_layout
 from .flashvid_tree import flashvid_tree
+from .frame_gram import frame_gram
 from .gram import set_gram
+from .knn_density import knn_density
 from .merge_tokens import merge_tokens
 from .penalized_topk import gather_topk, penalized_topk
 from .project import project
@@ -39,4 +41,6 @@ __all__ = [
     "segment_stats",
     "merge_tokens",
     "visionzip_plan",
+    "frame_gram",
+    "knn_density",
 ]

@@ -42,8 +42,8 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _TY = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.int64: "i64",
        torch.int32: "i32", torch.int8: "i8", torch.uint8: "u8", torch.bool: "u1"}
 MODULES = ("column_mean_attention", "sink_score", "penalized_topk", "temporal_threshold",
-           "merge_tokens", "visionzip_plan", "gram", "project", "adts", "dpc", "flashvid_tree",
-           "flashvid_layout", "segment_stats")
+           "merge_tokens", "visionzip_plan", "frame_gram", "knn_density", "gram", "project",
+           "adts", "dpc", "flashvid_tree", "flashvid_layout", "segment_stats")
 
 
 def _module(name):
@@ -125,6 +125,7 @@ def _scenarios(dtype):
     cma, sink = _module("column_mean_attention"), _module("sink_score")
     topk, temp = _module("penalized_topk"), _module("temporal_threshold")
     merge, vzp = _module("merge_tokens"), _module("visionzip_plan")
+    gram, knn = _module("frame_gram"), _module("knn_density")
     ty = _TY[dtype]
     # SigLIP (LLaVA-OneVision/Video: 729 tokens, 16 × 72, B = 32 frames, "bhnd", one head
     # split as on an A6000) and Qwen2.5-VL's ViT (16 × 80, "bnhd" view, two splits as on H100).
@@ -163,6 +164,19 @@ def _scenarios(dtype):
         tg = torch.zeros(32, S - S * 54 // 64, dtype=torch.int64, device="meta")
         yield f"{ty} T=32 N={n} Dk={dk} S={S} visionzip plan", \
             lambda a=a, s=s, m=m, tg=tg, S=S: vzp.launch(a, s, .03, S * 54 // 64, tg, m, (0, 1))
+    # Gram matrices: each frame's own distances, and dots against 35 key rows.
+    for n in (196, 256):
+        x = _meta(32, n, 3584, dtype=dtype)
+        keys = torch.zeros(32, 35, dtype=torch.int64, device="meta")
+        yield f"{ty} T=32 N={n} D=3584 gram distance", lambda x=x: gram.launch(x, None, "distance")
+        yield f"{ty} T=32 N={n} D=3584 K=35 gram", lambda x=x, k=keys: gram.launch(x, k, "dot")
+        yield f"{ty} T=32 N={n} D=3584 K=35 gram unit keys", \
+            lambda x=x, k=keys: gram.launch(x, k, "unit_keys")
+    # Density peaks of sets from distances (dtype-independent: fp32 distances).
+    for n, sets in ((184, 32), (256, 32), (1024, 4)):
+        d2 = _meta(sets, n, n)
+        mem = torch.zeros(sets, n, dtype=torch.int64, device="meta")
+        yield f"fp32 B={sets} n={n} knn density", lambda d2=d2, mem=mem: knn.launch(d2, mem, 4, 1 / 3584)
     yield from merging_scenarios(dtype, _module, _meta, _TY[dtype])
 
 

@@ -6,6 +6,8 @@ inputs are accumulated in fp32. Functions take already-validated inputs (see
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -92,6 +94,8 @@ def adjacent_cosine(x: torch.Tensor) -> torch.Tensor:
         g = torch.bmm(w, w.transpose(1, 2))                           # (N, W, W)
         norm = g.diagonal(dim1=1, dim2=2).sqrt().clamp(min=1e-12)
         parts.append(g.diagonal(offset=1, dim1=1, dim2=2) / (norm[:, :-1] * norm[:, 1:]))
+    if not parts:                                                     # one frame: no pair
+        return x.new_empty(0, x.shape[1], dtype=torch.float32)
     return torch.cat(parts, dim=1).T.contiguous() if len(parts) > 1 else parts[0].T.contiguous()
 
 
@@ -272,3 +276,50 @@ def visionzip_plan(attn: torch.Tensor, sink: torch.Tensor, mu_s: float, n_dom: i
     kind = torch.where(torch.arange(S, device=dev) < n_dom, kinds[0], kinds[1])
     return ((frames * N + entry).flatten(), w.gather(1, entry).flatten(), offsets, positions,
             kind.to(torch.int8).repeat(T))
+
+
+def frame_gram(x: torch.Tensor, keys: torch.Tensor | None, mode: str) -> torch.Tensor:
+    """(T, N, K) fp32 of every token against its frame's tokens (keys None) or the key rows
+    keys (T, K) (flat t·N + i; negative: padding): "dot" (one batched matmul), "distance"
+    (``cdist`` on exact differences: a row is at distance 0 from itself) or "unit_keys" (dots
+    with unit-norm keys). Padding gives 0 (−inf for "unit_keys"). fp16/bf16 rows are copied
+    to fp32 first."""
+    T, N, D = x.shape
+    q = x.float()
+    if keys is None:
+        k = q
+    else:
+        table, rows = _row_table(x, keys.clamp(min=0).flatten())
+        k = table[rows].float().view(T, -1, D)
+    if mode == "distance":
+        out = torch.cdist(q, k, compute_mode="donot_use_mm_for_euclid_dist").square_()
+    elif mode == "unit_keys":
+        out = torch.bmm(q, F.normalize(k, dim=-1, eps=1e-12).transpose(1, 2))
+    else:
+        out = torch.bmm(q, k.transpose(1, 2))
+    if keys is None:
+        return out
+    return out.masked_fill_((keys < 0)[:, None, :], -math.inf if mode == "unit_keys" else 0.0)
+
+
+def knn_density(d2: torch.Tensor, members: torch.Tensor, k: int, scale: float,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Density peaks (ρ, δ) (B, n) of member sets from squared distances d2 (B, R, R): the
+    members' (n, n) block of each set is gathered once; ρ from the k smallest (mean, then
+    scaled), δ from the nearest denser member (ties: lower position), the set's largest
+    distance if none (SPEC §8). Padding members (−1) give 0."""
+    B, n = members.shape
+    ok = members >= 0
+    m = members.clamp(min=0)
+    sub = d2[torch.arange(B, device=d2.device)[:, None, None], m[:, :, None], m[:, None, :]]
+    pair = ok[:, :, None] & ok[:, None, :]
+    low = sub.masked_fill(~pair, math.inf).topk(k, dim=-1, largest=False).values
+    rho = torch.exp(-(low.masked_fill(~ok[..., None], 0.0).sum(-1) / k * scale))
+    rho = rho.masked_fill(~ok, 0.0)
+    # j is denser than i iff it comes first by descending ρ, ties to the lower position.
+    order = torch.sort(rho.masked_fill(~ok, -math.inf), dim=1, descending=True, stable=True).indices
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=d2.device).expand(B, n))
+    near = torch.where(pair & (rank[:, None, :] < rank[:, :, None]), sub, math.inf).amin(dim=-1)
+    dmax = torch.where(pair, sub, 0.0).amax(dim=(1, 2))
+    delta = torch.where(torch.isinf(near), dmax[:, None], near).mul(scale).sqrt()
+    return rho, delta.masked_fill(~ok, 0.0)

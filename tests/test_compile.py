@@ -40,7 +40,10 @@ def primitives(q, k, attn, x, bounds, merge, backend):
     m = sf.static_mask(x, s, tau=0.2, mu_t=0.07, backend=backend)
     seg = sf.segment_static_mask(x, s, bounds, tau=0.2, mu_t=0.07, backend=backend)
     merged = sf.merge_tokens(x, *merge, backend=backend)
-    return (a, s, idx, gidx, tokens, c, m, seg, merged)
+    d2 = sf.frame_gram(x, mode="distance", backend=backend)
+    dots = sf.frame_gram(x, merge[0][None, :3].expand(3, 3), backend=backend)
+    rho, delta = sf.knn_density(d2, merge[0][None, :4].expand(3, 4) % 6, 2, backend=backend)
+    return (a, s, idx, gidx, tokens, c, m, seg, merged, d2, dots, rho, delta)
 
 
 def assert_same(compiled, eager):

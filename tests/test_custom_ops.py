@@ -11,7 +11,8 @@ import stop_fast.kernels  # noqa: F401  (registers torch.ops.stop_fast.*)
 
 OPS = torch.ops.stop_fast
 OP_NAMES = ["column_mean_attention", "sink_score", "penalized_topk", "gather_topk",
-            "adjacent_cosine", "static_mask", "segment_static_mask", "merge_tokens"]
+            "adjacent_cosine", "static_mask", "segment_static_mask", "merge_tokens", "frame_gram",
+            "knn_density"]
 
 
 def inputs(device):
@@ -38,7 +39,9 @@ def pipeline(q, k, attn, x, bounds, merge):
     m = sf.static_mask(x, s, tau=0.5, mu_t=0.07, backend="triton")
     seg = sf.segment_static_mask(x, s, bounds, tau=0.5, mu_t=0.07, backend="triton")
     merged = sf.merge_tokens(x, *merge, out_dtype=torch.float32, backend="triton")
-    return a, s, idx, gidx, tokens, c, m, seg, merged
+    d2 = sf.frame_gram(x, mode="distance", backend="triton")
+    rho, delta = sf.knn_density(d2, merge[0][None, :4].expand(3, 4) % 20, 2, backend="triton")
+    return a, s, idx, gidx, tokens, c, m, seg, merged, d2, rho, delta
 
 
 def op_cases(device):
@@ -56,6 +59,9 @@ def op_cases(device):
         "static_mask": [(x, sink, 0.5, 0.07)],
         "segment_static_mask": [(x, sink, bounds, 0.5, 0.07)],
         "merge_tokens": [(x, *t["merge"], None), (x, *t["merge"], torch.float32)],
+        "frame_gram": [(x, None, "distance"), (x, t["merge"][0][None, :3].expand(3, 3), "unit_keys")],
+        "knn_density": [(torch.rand(3, 20, 20, device=device), t["merge"][0][None, :4].expand(3, 4) % 20,
+                         2, 0.5)],
     }
 
 

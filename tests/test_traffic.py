@@ -1,9 +1,17 @@
 """Traffic budgets of the pipelines, counted by the traffic meter (stop_fast.bench.traffic).
 
-Sizes are small but keep what the budgets depend on: N = 196 pooled tokens per frame (the
-LLaVA-OneVision grid), enough frames for several segments, a scene cut and planted sinks, and
-a feature width large enough that the (T, N, D) feature passes dominate the per-token index
-work as they do at D = 3584 (see bench/README.md for how the multiples scale with D).
+Budgets (issue 18) per 32-frame video at LLaVA-OneVision's shape (T = 32, N = 196,
+D = 3584), as multiples of the feature tensor's bytes, and kernel-launching ops: on the GPU
+path (backend="triton") VisionZip ≤ 1.5× and ≤ 30 ops, HoliTom and FastVid ≤ 4× and ≤ 80
+ops; the torch backend ≤ 8× and ≤ 120 ops; host syncs as the README's table says.
+
+Sizes: N = 196 and T = 32 as in the models (8 frames on the Triton backend, whose
+interpreter is slow here), the width D = 3584 reached exactly without running it: the videos
+of stop_fast.bench.suite_traffic.video repeat a D0-wide feature along D, every selection is
+then the same at every width and the bytes are affine in D, so two small widths fix the line
+(test_width_extrapolation_is_exact checks a third). CI checks the worst ratio (0.2) in both
+dtypes with SToP and r = 0.1 without; `stop-fast bench --suite traffic` measures every ratio
+and shape.
 """
 import re
 from pathlib import Path
@@ -12,11 +20,16 @@ import pytest
 import torch
 
 import stop_fast as sf
+from stop_fast.bench import published as P
+from stop_fast.bench.suite_traffic import (BUDGET_TORCH, BUDGET_TRITON, D0, meter_ours,
+                                           meter_published, meter_scaled, video)
 from stop_fast.bench.traffic import TrafficMeter
+from stop_fast.dispatch import triton_usable
 from stop_fast.pipelines.registry import METHODS
-from stop_fast.synthetic import make_video
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+GRID, D_FULL = (14, 14), 3584
+TRITON = triton_usable(torch.device("cpu"))[0] or torch.cuda.is_available()
 
 
 def readme_syncs() -> dict[str, int]:
@@ -27,23 +40,10 @@ def readme_syncs() -> dict[str, int]:
     return {m: int(n) for m, n in rows}
 
 
-def video(T=8, D=64, dtype=torch.float32, seed=3):
-    return make_video(num_frames=T, grid=(14, 14), dim=D, metric_dim=16, scene_cut=T // 2,
+def small(T_=8, D=64, dtype=torch.float32, seed=3):
+    from stop_fast.synthetic import make_video
+    return make_video(num_frames=T_, grid=GRID, dim=D, metric_dim=16, scene_cut=T_ // 2,
                       seed=seed, dtype=dtype)
-
-
-def metered(v, method, backend, ratio=0.1, use_stop=None):
-    spec = METHODS[method]
-    kw = {"metric": v.metric} if spec.needs_metric else {}
-    if spec.uses_global:
-        kw["global_features"] = v.features.float().mean(dim=1)
-    if not spec.uses_attention:
-        use_stop = None
-    with sf.input_checks(False):
-        with TrafficMeter(v.features) as m:
-            out = sf.prune(v.features, v.attention, method=method, retention_ratio=ratio,
-                           backend=backend, use_stop=use_stop, **kw)
-    return out, m.result
 
 
 def test_readme_sync_table_lists_every_method():
@@ -56,5 +56,118 @@ VARIANTS = [(m, s) for m in sorted(METHODS) for s in ((True, False) if METHODS[m
 
 @pytest.mark.parametrize("method,use_stop", VARIANTS)
 def test_host_syncs_match_readme(method, use_stop):
-    _, r = metered(video(), method, "torch", use_stop=use_stop)
-    assert r.syncs == readme_syncs()[method], r.sync_sites
+    with sf.input_checks(False):
+        r = meter_ours(small(), method, 0.1, use_stop, "torch")
+    assert r["syncs"] == readme_syncs()[method], r["sync_sites"]
+
+
+# Known misses at D = 3584 (bench/README.md has every number) and what would close them.
+# strict: a miss that starts meeting its budget fails here and moves to the met ones.
+MISSES = {
+    ("holitom", "triton", "ops"): "181 ops, 79 of them in DPC-KNN (pipelines/dpc_knn.py) and "
+                                  "~100 laying out the two merge passes: a cheaper DPC-KNN and a "
+                                  "layout kernel like visionzip_plan would close it",
+    ("fastvid", "triton", "ops"): "~110 ops, most of them building the merge plan from small "
+                                  "torch ops: a layout kernel like visionzip_plan would close it",
+    ("holitom", "torch", "ops"): "~200 ops, 79 of them in DPC-KNN",
+    ("fastvid", "torch", "ops"): "~180 ops building the merge plan from small torch ops",
+    ("holitom", "triton", "bytes"): "DPC-KNN reads and rewrites the fp32 static means about "
+                                    "fifteen times (~4× of the features in bf16, ~1.5× in fp32)",
+    ("holitom", "torch", "bytes"): "DPC-KNN as on Triton, and CPU torch has no bf16 matmul with "
+                                   "an fp32 result: bf16 rows are copied to fp32 and read in fp32",
+    ("fastvid", "torch", "bytes"): "bf16: three passes over an fp32 copy (no bf16 matmul with an "
+                                   "fp32 result in CPU torch)",
+}
+# (method, backend, dtype, ratio, use_stop, frames): the worst ratio in both dtypes and the plain
+# method; Triton (the interpreter here) at 8 frames and for the two methods whose Triton path
+# is this pipeline's own (HoliTom's Triton misses are DPC-KNN's: the suite measures them).
+CASES = [(m, "torch", dt, r, stop, 32) for m in ("visionzip", "holitom", "fastvid")
+         for dt, r, stop in ((torch.float32, 0.20, True), (torch.bfloat16, 0.20, True),
+                             (torch.float32, 0.10, False))]
+CASES += [(m, "triton", torch.bfloat16, 0.20, True, 8) for m in ("visionzip", "fastvid")]
+_MEASURED = {}
+
+
+def measured(method, backend, dtype, ratio, use_stop, frames):
+    key = (method, backend, dtype, ratio, use_stop, frames)
+    if key not in _MEASURED:
+        def make(D):
+            return video(frames, GRID, D, 72, dtype, "cpu")
+
+        with sf.input_checks(False):
+            _MEASURED[key] = meter_scaled(make, method, ratio, use_stop, backend, D_FULL)
+    r = _MEASURED[key]
+    assert r["status"] == "ok", r
+    return r
+
+
+def _params(what):
+    for case in CASES:
+        method, backend, dtype = case[:3]
+        marks = []
+        if backend == "triton" and not TRITON:
+            marks.append(pytest.mark.skip(reason="Triton backend unavailable here"))
+        miss = MISSES.get((method, backend, what))
+        if miss and (what == "ops" or backend == "triton" or dtype == torch.bfloat16):
+            marks.append(pytest.mark.xfail(strict=True, reason=miss))
+        yield pytest.param(*case, marks=marks, id=f"{method}-{backend}-{str(dtype)[6:]}-"
+                                                   f"r{case[3]}-{'stop' if case[4] else 'plain'}")
+
+
+@pytest.mark.parametrize("method,backend,dtype,ratio,use_stop,frames", list(_params("bytes")))
+def test_traffic_budget(method, backend, dtype, ratio, use_stop, frames):
+    r = measured(method, backend, dtype, ratio, use_stop, frames)
+    limit = BUDGET_TRITON[method][0] if backend == "triton" else BUDGET_TORCH[0]
+    assert r["multiple"] <= limit, (r["multiple"], r["top"])
+    assert r["syncs"] == readme_syncs()[method]
+
+
+@pytest.mark.parametrize("method,backend,dtype,ratio,use_stop,frames", list(_params("ops")))
+def test_launch_budget(method, backend, dtype, ratio, use_stop, frames):
+    r = measured(method, backend, dtype, ratio, use_stop, frames)
+    limit = BUDGET_TRITON[method][1] if backend == "triton" else BUDGET_TORCH[1]
+    assert r["ops"] <= limit, r["ops"]
+
+
+@pytest.mark.parametrize("method,backend", [("fastvid", "triton"), ("holitom", "torch")])
+def test_width_extrapolation_is_exact(method, backend):
+    if backend == "triton" and not TRITON:
+        pytest.skip("Triton backend unavailable here")
+
+    def make(D):
+        return video(4, GRID, D, 16, torch.float32, "cpu")
+
+    with sf.input_checks(False):
+        predicted = meter_scaled(make, method, 0.15, True, backend, 3 * D0)
+        direct = meter_ours(make(3 * D0), method, 0.15, True, backend)
+    assert predicted["bytes"] == direct["bytes"] and predicted["ops"] == direct["ops"]
+
+
+def test_meter_sees_the_pipeline_kernels():
+    # The Triton path's traffic is in custom ops the meter opened: nothing hidden inside.
+    if not TRITON:
+        pytest.skip("Triton backend unavailable here")
+    v = small()
+    with sf.input_checks(False), TrafficMeter(v.features) as m:
+        sf.prune(v.features, v.attention, method="visionzip", retention_ratio=0.1, metric=v.metric,
+                 backend="triton")
+    assert {"stop_fast.visionzip_plan", "stop_fast.merge_tokens"} <= set(m.result.per_op)
+
+
+def test_published_needs_a_checkout(tmp_path, monkeypatch):
+    monkeypatch.delenv(P.ENV_VAR, raising=False)
+    assert P.checkout(None) is None
+    with pytest.raises(ValueError, match="pruning/<method>/llava_arch.py"):
+        P.checkout(tmp_path)
+
+
+@pytest.mark.skipif(not P.os.environ.get(P.ENV_VAR),
+                    reason=f"no checkout of the published SToP release: set {P.ENV_VAR}=PATH "
+                           "to meter the published pruning functions beside stop_fast")
+@pytest.mark.parametrize("method", ["visionzip", "holitom", "fastvid"])
+def test_published_runs_on_the_same_inputs(method):
+    v = video(8, GRID, 32, 16, torch.float32, "cpu")
+    r = meter_published(P.checkout(None), v, method, 0.1, True)
+    ours = meter_ours(v, method, 0.1, True, "torch")
+    assert r["status"] == "ok" and r["multiple"] > 0
+    assert abs(r["kept_tokens"] - ours["kept_tokens"]) <= 0.05 * ours["kept_tokens"]

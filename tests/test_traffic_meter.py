@@ -126,3 +126,15 @@ def test_gram_of_one_tensor_reads_it_once():
     with TrafficMeter(x) as m:
         torch.bmm(x, x.mT)                                  # x and its transpose: same elements
     assert m.result.bytes == x.numel() * F32 + 3 * 5 * 5 * F32
+
+
+def test_launches_before_the_first_sync():
+    x = torch.randn(4, 4)
+    with TrafficMeter(x) as m:
+        y = (x + 1) * 2                                     # 2 launches
+        y.sum().item()                                      # sum, then the sync
+        y - 1
+    assert m.result.ops_before_sync == 3 and m.result.ops == 5
+    with TrafficMeter(x) as m:
+        x + 1
+    assert m.result.ops_before_sync is None

@@ -146,9 +146,11 @@ def holitom_fast(video: Video, opts: Options) -> Selection:
     T, N, D = x.shape
     dev = x.device
 
+    # The torch backend computes in fp32 from fp32 rows: one copy for both passes.
+    xw = x.float() if bk == "torch" else x
     # 1. Raw cosine for the DP, cosine + μ_t·s for STTP, same τ for both (SPEC §6.2).
     if T > 1:
-        cos = api.adjacent_cosine(x, backend=bk)                               # (T−1, N)
+        cos = api.adjacent_cosine(xw, backend=bk)                              # (T−1, N)
         steady = cos > opts.tau
         if opts.mu_t != 0.0:
             steady = torch.stack([steady, cos + opts.mu_t * sink.float() > opts.tau])
@@ -192,7 +194,7 @@ def holitom_fast(video: Video, opts: Options) -> Selection:
     st_locs = torch.sort((~seg_static[plan.act]).to(torch.uint8), dim=1, stable=True).indices
     st_locs = st_locs[:, :plan.n_pad]
     merge = get("merge_tokens", bk, dev)
-    rows_a = merge(x, *pass_a(plan, st_locs, dyn_locs, N), torch.float32)
+    rows_a = merge(xw, *pass_a(plan, st_locs, dyn_locs, N), torch.float32)
     if plan.A:
         means = rows_a[:plan.A * plan.n_pad].view(plan.A, plan.n_pad, D)
         lam = opts.center_penalty
