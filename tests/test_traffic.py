@@ -77,6 +77,24 @@ MISSES = {
                                    "an fp32 result: bf16 rows are copied to fp32 and read in fp32",
     ("fastvid", "torch", "bytes"): "bf16: three passes over an fp32 copy (no bf16 matmul with an "
                                    "fp32 result in CPU torch)",
+    ("flashvid", "triton", "bytes"): "three passes over the features (Grams; the projection on "
+                                     "the segment mean token, known only after the layout sync; "
+                                     "the tree sums) plus the fp32 pool rows written once and "
+                                     "read twice (~5.0× fp32, ~6.8× bf16 at 32 frames; at 8 "
+                                     "frames every frame is its own segment and pools all N "
+                                     "tokens: ~7×/11×); keeping the pool rows on chip (a fused "
+                                     "spatial stage) would close it",
+    ("flashvid", "torch", "bytes", torch.float32): "~11.6×: the Grams read the fp32 features as "
+                                                   "overlapping frame pairs (2×), frame sums, "
+                                                   "projection, tree sums, ADTS's greedy rows",
+    ("flashvid", "torch", "bytes"): "bf16 as fp32 on an fp32 copy (~27×)",
+    ("flashvid", "torch", "ops"): "~370 ops: ADTS's greedy takes 3 ops per pick (n_A = 35 at "
+                                  "r = 0.2), the tree, layout and DPC-kNN twins ~150 small ops",
+    ("prunevid", "triton", "bytes"): "4.0001× fp32 and 5.6× bf16 at 8 frames: the fp32 segment "
+                                     "means (S/T of the features, large at 8 frames) are written "
+                                     "once and read once",
+    ("prunevid", "torch", "bytes"): "bf16: the passes read an fp32 copy (~19×)",
+    ("prunevid", "torch", "ops"): "~180 ops, ~60 of them in the DPC-kNN twin",
 }
 # (method, backend, dtype, ratio, use_stop, frames): the worst ratio in both dtypes and the plain
 # method; Triton (the interpreter here) at 8 frames and for the two methods whose Triton path
@@ -85,6 +103,14 @@ CASES = [(m, "torch", dt, r, stop, 32) for m in ("visionzip", "holitom", "fastvi
          for dt, r, stop in ((torch.float32, 0.20, True), (torch.bfloat16, 0.20, True),
                              (torch.float32, 0.10, False))]
 CASES += [(m, "triton", torch.bfloat16, 0.20, True, 8) for m in ("visionzip", "fastvid")]
+# FlashVid and PruneVid (no attention, so no SToP variant): torch at 32 frames, Triton at 8.
+CASES += [("flashvid", "torch", dt, r, stop, 32)
+          for dt, r, stop in ((torch.float32, 0.20, True), (torch.bfloat16, 0.20, True),
+                              (torch.float32, 0.10, False))]
+CASES += [("prunevid", "torch", dt, r, None, 32)
+          for dt, r in ((torch.float32, 0.20), (torch.bfloat16, 0.20), (torch.float32, 0.10))]
+CASES += [(m, "triton", dt, 0.20, stop, 8) for m, stop in (("flashvid", True), ("prunevid", None))
+          for dt in (torch.float32, torch.bfloat16)]
 _MEASURED = {}
 
 
@@ -107,8 +133,9 @@ def _params(what):
         marks = []
         if backend == "triton" and not TRITON:
             marks.append(pytest.mark.skip(reason="Triton backend unavailable here"))
-        miss = MISSES.get((method, backend, what))
-        if miss and (what == "ops" or backend == "triton" or dtype == torch.bfloat16):
+        miss = MISSES.get((method, backend, what, dtype)) or MISSES.get((method, backend, what))
+        if miss and (what == "ops" or backend == "triton" or dtype == torch.bfloat16
+                     or (method, backend, what, dtype) in MISSES):
             marks.append(pytest.mark.xfail(strict=True, reason=miss))
         yield pytest.param(*case, marks=marks, id=f"{method}-{backend}-{str(dtype)[6:]}-"
                                                    f"r{case[3]}-{'stop' if case[4] else 'plain'}")

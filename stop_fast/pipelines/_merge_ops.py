@@ -116,13 +116,13 @@ def run_grams(buf: torch.Tensor, starts: list[int], sizes: list[int], backend: s
 
 
 def scatter_rows(x: torch.Tensor, slot: torch.Tensor, weight: torch.Tensor, M: int,
-                 backend: str) -> torch.Tensor:
-    """(M, D) float32: out[m] = Σ_{r: slot[r] = m} weight[r] · x_r over the token rows r of x
+                 backend: str, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(M, D) in ``out_dtype``: out[m] = Σ_{r: slot[r] = m} weight[r] · x_r over the token rows r of x
     (T, N, D) (slot, weight (T·N,); every slot in 0 … M − 1). One pass over x
     (:func:`stop_fast.api.merge_tokens`: members in token order, a stable sort)."""
     by_row = torch.sort(slot, stable=True)
     ptr = torch.searchsorted(by_row.values, torch.arange(M + 1, device=x.device))
-    return merge(x, by_row.indices, weight[by_row.indices], ptr, torch.float32, backend)
+    return merge(x, by_row.indices, weight[by_row.indices], ptr, out_dtype, backend)
 
 
 def merge(src: torch.Tensor, members: torch.Tensor, weights: torch.Tensor, ptr: torch.Tensor,

@@ -193,7 +193,7 @@ def prunevid_fast(video: base.Video, opts: Options) -> Selection:
     out_row = torch.where(base_t[:, None] < total, base_t[:, None] + col, total).view(-1)
     set_of = torch.where(is_static, seg_t[:, None], S + torch.arange(T, device=dev)[:, None])
     tok = (set_of * N + torch.arange(N, device=dev)).view(-1)         # (set, location) of each token
-    tokens = M.scatter_rows(xs, out_row[tok], weight[tok], total + 1, be)[:total].to(x.dtype)
+    tokens = M.scatter_rows(xs, out_row[tok], weight[tok], total + 1, be, x.dtype)[:total]
     # Locations: a cluster's centre, or the pass-through token's own location.
     loc = torch.zeros(S + T, N + 1, dtype=torch.int64, device=dev).scatter_(
         1, torch.where(valid, rank, N), torch.arange(N, device=dev).expand(S + T, N))
