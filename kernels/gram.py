@@ -32,7 +32,7 @@ BLOCK_K = 512 if INTERPRET else 32
 
 
 @triton.jit
-def _gram_kernel(src, starts, counts, gram, cross, sums, D, n_max, n_per, s_t, s_row, s_d,
+def _set_gram_kernel(src, starts, counts, gram, cross, sums, D, n_max, n_per, s_t, s_row, s_d,
                  s_gs, s_gi, s_cs, s_ci, s_ss, s_sb, n_blocks, n_pairs,
                  CROSS: tl.constexpr, SUMS: tl.constexpr, PREC: tl.constexpr,
                  UPCAST: tl.constexpr, BLOCK: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -113,7 +113,7 @@ def launch(src, starts, counts, n_max, cross=False, sums=False):
         return gram.zero_(), crs.zero_(), sm.zero_()
     block_k = min(BLOCK_K, max(16, triton.next_power_of_2(D)))
     grid = (S, n_pairs + (n_blocks * n_blocks if cross else 0))
-    _gram_kernel[grid](
+    _set_gram_kernel[grid](
         src, starts, counts, gram, crs if cross else gram, sm if sums else gram, D, n_max,
         *_layout(src), src.stride(-1), gram.stride(0), gram.stride(1),
         crs.stride(0) if cross else 0, crs.stride(1) if cross else 0,
