@@ -12,7 +12,7 @@ import torch
 from . import env, report
 from .record import SuiteResult
 
-SUITES = ("kernels", "pipelines", "e2e")
+SUITES = ("kernels", "pipelines", "e2e", "traffic")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,6 +28,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="default: cuda if available, else cpu")
     p.add_argument("--out", type=Path, default=None,
                    help="results directory (default: bench/results/<device>-<date>[-smoke]/)")
+    p.add_argument("--published", type=Path, default=None, metavar="PATH",
+                   help="traffic suite: a checkout of the published SToP release, whose pruning "
+                        "functions are loaded from it at run time and metered beside stop_fast "
+                        "(default: $STOP_FAST_PUBLISHED; none: not measured)")
     return p
 
 
@@ -48,9 +52,12 @@ def _unwritable(out: Path) -> str | None:
     return None
 
 
-def run_suite(name: str, device: torch.device, smoke: bool) -> SuiteResult:
+def run_suite(name: str, device: torch.device, smoke: bool, published: Path | None = None,
+              ) -> SuiteResult:
     mod = importlib.import_module(f"stop_fast.bench.suite_{name}")
     try:
+        if name == "traffic":
+            return mod.run(device, smoke, published=published)
         return mod.run(device, smoke)
     except Exception as exc:  # noqa: BLE001 - record it; the other suites still run
         return SuiteResult(name, status="error", reason=f"{type(exc).__name__}: {exc}")
@@ -67,6 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     meta = env.metadata(device, smoke=args.smoke)
     out = args.out or default_root() / env.default_slug(device, smoke=args.smoke, date=meta["date"])
+    if args.suite in ("traffic", "all"):
+        from .published import checkout
+        try:
+            checkout(args.published)
+        except ValueError as exc:          # say so now, not after the other suites ran
+            console.print(f"[red]{exc}[/red]")
+            return 2
     problem = _unwritable(out)
     if problem:   # say so now, not after the whole suite has run
         console.print(f"[red]--out {out}: cannot write results there ({problem})[/red]")
@@ -79,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in SUITES if args.suite == "all" else (args.suite,):
             t0 = time.perf_counter()
             console.print(f"[bold]suite {name}[/bold] on {meta['device_name']} …")
-            suites[name] = run_suite(name, device, args.smoke)
+            suites[name] = run_suite(name, device, args.smoke, args.published)
             suites[name].notes.append(f"suite wall time {time.perf_counter() - t0:.1f} s")
 
     report.print_tables(suites, console, smoke=args.smoke)

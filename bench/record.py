@@ -70,10 +70,16 @@ class SuiteResult:
     reason: str | None = None
     notes: list[str] = field(default_factory=list)
     cases: list[Case] = field(default_factory=list)
+    # A suite that measures something other than time gives its own tables (title, header,
+    # rows) and no latency plots.
+    tables: list[tuple[str, list[str], list[list[str]]]] = field(default_factory=list)
+    plot: bool = True
 
     def ours_failed(self) -> list[str]:
-        return [f"{c.group} {c.name}: {c.results[OURS].get('reason')}" for c in self.cases
-                if c.results.get(OURS, {}).get("status") == "error"]
+        """Our implementations ("ours", or "ours <variant>") that raised."""
+        return [f"{c.group} {c.name} {impl}: {r.get('reason')}" for c in self.cases
+                for impl, r in c.results.items()
+                if (impl == OURS or impl.startswith(OURS + " ")) and r.get("status") == "error"]
 
     def as_dict(self) -> dict:
         return {"status": self.status, "reason": self.reason, "notes": self.notes,

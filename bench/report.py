@@ -82,6 +82,9 @@ def unmeasured(suite: SuiteResult) -> list[str]:
 
 
 def _tables(suite: SuiteResult):
+    if suite.tables:
+        yield from ((title, (header, body)) for title, header, body in suite.tables)
+        return
     for part in sections(suite):
         yield "median ms; speedup = baseline / ours", rows(part)
     detail = detail_rows(suite)
@@ -141,6 +144,8 @@ def plots(suites: dict[str, SuiteResult], out: Path, smoke: bool = False) -> lis
 
     written = []
     for name, s in suites.items():
+        if not s.plot:
+            continue
         groups: dict[str, list[Case]] = {}
         for c in s.cases:
             groups.setdefault(c.group, []).append(c)

@@ -7,10 +7,21 @@ is also registered as a ``torch.library`` custom op ``stop_fast::<name>`` with a
 implementation (:func:`._op.kernel_op`): eager calls run the launcher directly, while
 torch.compile / export trace the op as one opaque node.
 """
+from .adts import adts_match
 from .column_mean_attention import column_mean_attention
+from .dpc import dpc_assign, dpc_scores
+from .flashvid_layout import flashvid_layout
+from .flashvid_tree import flashvid_tree
+from .frame_gram import frame_gram
+from .gram import set_gram
+from .knn_density import knn_density
+from .merge_tokens import merge_tokens
 from .penalized_topk import gather_topk, penalized_topk
+from .project import project
+from .segment_stats import segment_stats
 from .sink_score import sink_score
 from .temporal_threshold import adjacent_cosine, segment_static_mask, static_mask
+from .visionzip_plan import visionzip_plan
 
 __all__ = [
     "column_mean_attention",
@@ -20,4 +31,16 @@ __all__ = [
     "adjacent_cosine",
     "static_mask",
     "segment_static_mask",
+    "set_gram",
+    "project",
+    "adts_match",
+    "dpc_scores",
+    "dpc_assign",
+    "flashvid_tree",
+    "flashvid_layout",
+    "segment_stats",
+    "merge_tokens",
+    "visionzip_plan",
+    "frame_gram",
+    "knn_density",
 ]

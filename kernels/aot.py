@@ -32,6 +32,8 @@ import time
 import torch
 import triton
 
+from ._aot_merging import merging_scenarios
+
 # Per-block shared memory opt-in limits (bytes): cudaDevAttrMaxSharedMemoryPerBlockOptin.
 SMEM_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
 GPU_NAME = {80: "A100", 86: "RTX A6000 / RTX 30xx", 89: "L40 / RTX 40xx", 90: "H100"}
@@ -39,7 +41,9 @@ DEFAULT_TARGETS = (86, 90)
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _TY = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.int64: "i64",
        torch.int32: "i32", torch.int8: "i8", torch.uint8: "u8", torch.bool: "u1"}
-MODULES = ("column_mean_attention", "sink_score", "penalized_topk", "temporal_threshold")
+MODULES = ("column_mean_attention", "sink_score", "penalized_topk", "temporal_threshold",
+           "merge_tokens", "visionzip_plan", "frame_gram", "knn_density", "gram", "project",
+           "adts", "dpc", "flashvid_tree", "flashvid_layout", "segment_stats")
 
 
 def _module(name):
@@ -120,6 +124,8 @@ def _scenarios(dtype):
     """(label, thunk) pairs: each thunk runs a launcher on meta tensors of a real shape."""
     cma, sink = _module("column_mean_attention"), _module("sink_score")
     topk, temp = _module("penalized_topk"), _module("temporal_threshold")
+    merge, vzp = _module("merge_tokens"), _module("visionzip_plan")
+    gram, knn = _module("frame_gram"), _module("knn_density")
     ty = _TY[dtype]
     # SigLIP (LLaVA-OneVision/Video: 729 tokens, 16 × 72, B = 32 frames, "bhnd", one head
     # split as on an A6000) and Qwen2.5-VL's ViT (16 × 80, "bnhd" view, two splits as on H100).
@@ -144,6 +150,34 @@ def _scenarios(dtype):
                 lambda x=x, s=s: temp.launch_static(x, s, .9, .1)
             yield f"{ty} T={t} N={n} D=3584 segment S=4", \
                 lambda x=x, s=s, b=bounds: temp.launch_segment(x, s, b, .9, .1)
+    # Merging: T·N rows of width 3584 into 640 outputs, in the input dtype and in fp32.
+    x = _meta(32, 196, 3584, dtype=dtype)
+    idx, w = _meta(6272, dtype=torch.int64), _meta(6272)
+    offsets = _meta(641, dtype=torch.int64)
+    for out in (None, torch.float32):
+        yield f"{ty} T=32 N=196 D=3584 M=640 merge out={_TY[out or dtype]}", \
+            lambda out=out: merge.launch(x, idx, w, offsets, out)
+    # VisionZip's layout: LLaVA (N = 196, S = 20…50), Qwen2.5-VL (N = 256), up to MAX_N = 512.
+    for n, dk, S in ((196, 72, 20), (196, 72, 50), (256, 80, 25), (512, 72, 51)):
+        a, s = _meta(32, n), _meta(n)
+        m = _meta(32, n, dk, dtype=dtype)
+        tg = torch.zeros(32, S - S * 54 // 64, dtype=torch.int64, device="meta")
+        yield f"{ty} T=32 N={n} Dk={dk} S={S} visionzip plan", \
+            lambda a=a, s=s, m=m, tg=tg, S=S: vzp.launch(a, s, .03, S * 54 // 64, tg, m, (0, 1))
+    # Gram matrices: each frame's own distances, and dots against 35 key rows.
+    for n in (196, 256):
+        x = _meta(32, n, 3584, dtype=dtype)
+        keys = torch.zeros(32, 35, dtype=torch.int64, device="meta")
+        yield f"{ty} T=32 N={n} D=3584 gram distance", lambda x=x: gram.launch(x, None, "distance")
+        yield f"{ty} T=32 N={n} D=3584 K=35 gram", lambda x=x, k=keys: gram.launch(x, k, "dot")
+        yield f"{ty} T=32 N={n} D=3584 K=35 gram unit keys", \
+            lambda x=x, k=keys: gram.launch(x, k, "unit_keys")
+    # Density peaks of sets from distances (dtype-independent: fp32 distances).
+    for n, sets in ((184, 32), (256, 32), (1024, 4)):
+        d2 = _meta(sets, n, n)
+        mem = torch.zeros(sets, n, dtype=torch.int64, device="meta")
+        yield f"fp32 B={sets} n={n} knn density", lambda d2=d2, mem=mem: knn.launch(d2, mem, 4, 1 / 3584)
+    yield from merging_scenarios(dtype, _module, _meta, _TY[dtype])
 
 
 _OPTION_KEYS = ("num_warps", "num_stages", "num_ctas", "maxnreg")

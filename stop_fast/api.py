@@ -18,6 +18,9 @@ __all__ = [
     "adjacent_cosine",
     "static_mask",
     "segment_static_mask",
+    "merge_tokens",
+    "frame_gram",
+    "knn_density",
 ]
 
 LAYOUTS = ("bhnd", "bnhd")
@@ -197,3 +200,107 @@ def segment_static_mask(x: torch.Tensor, sink: torch.Tensor, bounds: torch.Tenso
         if not bool(((b >= 0) & (b <= e) & (e < T)).all()):
             raise ValueError(f"bounds rows must satisfy 0 <= b <= e < T = {T}, got {bounds.tolist()}")
     return get("segment_static_mask", backend, x.device)(x, sink, bounds.long(), tau, mu_t)
+
+
+def merge_tokens(x: torch.Tensor, members: torch.Tensor, weights: torch.Tensor,
+                 offsets: torch.Tensor, *, out_dtype: torch.dtype | None = None,
+                 backend: str = "auto") -> torch.Tensor:
+    """Weighted token merging: each output row a weighted sum of rows of ``x``, in one pass.
+
+    x (B, n, D), rows addressed as b·n + j; members (E,) int64 row indices; weights (E,) float;
+    offsets (M+1,) int64 CSR bounds (0, nondecreasing, E). Returns (M, D) in ``out_dtype``
+    (x's dtype by default): out[m] = Σ weights[e] · row(members[e]) for e in
+    [offsets[m], offsets[m+1]), accumulated in fp32 (float64 in the reference). A segment mean,
+    a copy, VisionZip's target + mean(members) and HoliTom's β-weighted cluster merge are all
+    this. The ranges of ``members`` and ``offsets`` are checked on CPU, and on a GPU together
+    with the finiteness checks (one sync).
+    """
+    C.tensor("x", x, 3, "(B, n, D)")
+    C.tensor("members", members, 1, "(E,)", dtypes=(torch.int64,))
+    C.tensor("weights", weights, 1, "(E,)")
+    C.tensor("offsets", offsets, 1, "(M+1,)", dtypes=(torch.int64,))
+    if weights.shape[0] != members.shape[0]:
+        raise ValueError(f"weights must have shape (E,) = ({members.shape[0]},) like members, "
+                         f"got {tuple(weights.shape)}")
+    if offsets.shape[0] < 1:
+        raise ValueError("offsets must have shape (M+1,) with at least one entry (0), got shape (0,)")
+    if out_dtype is not None and out_dtype not in C.FLOAT_DTYPES:
+        raise TypeError(f"out_dtype must be one of float32, float16, bfloat16 or None, got {out_dtype}")
+    C.same_device(x=x, members=members, weights=weights, offsets=offsets)
+    C.finite(x=x, weights=weights if weights.numel() else None)
+    if (offsets.device.type == "cpu" or C.finite_checks_enabled()) and not C._compiling():
+        E, rows = members.shape[0], x.shape[0] * x.shape[1]
+        ends = torch.stack([offsets[0], offsets[-1] - E, (offsets.diff() < 0).sum(),
+                            ((members < 0) | (members >= rows)).sum()]).tolist()
+        if ends != [0, 0, 0, 0]:
+            raise ValueError(f"offsets must run from 0 to E = {E} without decreasing and members "
+                             f"must index the B·n = {rows} rows of x; got offsets[0] = {ends[0]}, "
+                             f"offsets[-1] − E = {ends[1]}, {ends[2]} decreasing step(s), "
+                             f"{ends[3]} member(s) out of range")
+    return get("merge_tokens", backend, x.device)(x, members, weights, offsets, out_dtype)
+
+
+GRAM_MODES = ("dot", "distance", "unit_keys")
+
+
+def frame_gram(x: torch.Tensor, keys: torch.Tensor | None = None, *, mode: str = "dot",
+               backend: str = "auto") -> torch.Tensor:
+    """Per-frame Gram matrices, squared distances or unit-key dots in one pass over x.
+
+    x (T, N, D) → (T, N, K) float32 of every token x[t, i] against key rows: keys (T, K)
+    int64 lists flat rows t'·N + i' anywhere in the video (negative: padding), None means the
+    frame's own N rows. ``mode``: "dot" ⟨x, row⟩; "distance" ‖x − row‖² (exactly 0 for a row
+    against itself; computed so that a component shared by the tokens does not cancel
+    digits); "unit_keys" ⟨x, row⟩ / ‖row‖ (the cosine up to the query's own norm, ranked by
+    an argmax over keys). Padding gives 0, or −inf for "unit_keys". Accumulated in fp32
+    (float64 in the reference). Keys are range-checked on CPU, and on a GPU together with the
+    finiteness checks (one sync).
+    """
+    _features("x", x)
+    if mode not in GRAM_MODES:
+        raise ValueError(f"mode must be one of {GRAM_MODES}, got {mode!r}")
+    if keys is not None:
+        C.tensor("keys", keys, 2, "(T, K)", dtypes=(torch.int64,))
+        if keys.shape[0] != x.shape[0]:
+            raise ValueError(f"keys must have shape (T, K) with T = {x.shape[0]} from x, got "
+                             f"{tuple(keys.shape)}")
+        C.same_device(x=x, keys=keys)
+        if (keys.device.type == "cpu" or C.finite_checks_enabled()) and not C._compiling() \
+                and keys.numel():
+            rows = x.shape[0] * x.shape[1]
+            if bool((keys >= rows).any()):
+                raise ValueError(f"keys must be flat rows t·N + i below T·N = {rows} (or negative "
+                                 f"for padding), got a maximum of {int(keys.max())}")
+    C.finite(x=x)
+    return get("frame_gram", backend, x.device)(x, keys, mode)
+
+
+def knn_density(d2: torch.Tensor, members: torch.Tensor, k: int, *, scale: float = 1.0,
+                backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Density peaks (SPEC §8) of token sets from their squared distances.
+
+    d2 (B, R, R) float32 squared distances (e.g. :func:`frame_gram` with ``mode="distance"``);
+    members (B, n) int64 indices into d2's rows/columns of each set's tokens, −1 for padding;
+    k ≥ 1 neighbours (self included). Returns (ρ, δ) (B, n) float32: ρ = exp(−scale·mean of
+    the k smallest squared distances), δ = √(scale·squared distance to the nearest denser
+    member) (denser: larger ρ, or equal ρ and a lower position in the set), or of the set's
+    largest one if none; 0 on padding. Every set must have at least k members.
+    """
+    C.tensor("d2", d2, 3, "(B, R, R)", dtypes=(torch.float32,))
+    C.tensor("members", members, 2, "(B, n)", dtypes=(torch.int64,))
+    if d2.shape[1] != d2.shape[2] or members.shape[0] != d2.shape[0]:
+        raise ValueError(f"d2 must be (B, R, R) and members (B, n) with the same B, got d2 "
+                         f"{tuple(d2.shape)} and members {tuple(members.shape)}")
+    k = C.integer("k", k, 1, max(1, members.shape[1]))
+    scale = C.number("scale", scale, positive=True)
+    C.same_device(d2=d2, members=members)
+    if (members.device.type == "cpu" or C.finite_checks_enabled()) and not C._compiling() \
+            and members.numel():
+        R, size = d2.shape[1], (members >= 0).sum(dim=1)
+        bad = torch.stack([(members >= R).sum(), (size < k).sum()]).tolist()
+        if bad != [0, 0]:
+            raise ValueError(f"members must index the R = {R} rows of d2 and every set must have "
+                             f"at least k = {k} members; got {bad[0]} index(es) out of range and "
+                             f"{bad[1]} set(s) smaller than k")
+    C.finite(d2=d2)
+    return get("knn_density", backend, d2.device)(d2, members, k, scale)

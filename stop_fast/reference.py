@@ -21,6 +21,9 @@ __all__ = [
     "static_mask",
     "segment_static_mask",
     "dpc_knn",
+    "merge_tokens",
+    "frame_gram",
+    "knn_density",
 ]
 
 
@@ -158,3 +161,61 @@ def dpc_knn(x: torch.Tensor, n_centers: int, k: int, penalty: torch.Tensor | Non
         assign[i] = int(torch.argmin(dist[i, centers]))
     assign[centers] = torch.arange(len(centers))
     return centers.to(x.device), assign.to(x.device)
+
+
+def merge_tokens(x: torch.Tensor, members: torch.Tensor, weights: torch.Tensor,
+                 offsets: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Weighted merge: out[m] = Σ_{e in [offsets[m], offsets[m+1])} weights[e] · row(members[e])
+    in float64, row(r) = x[r // n, r % n] of x (B, n, D). Returns (M, D) in ``out_dtype`` (x's
+    dtype if None); an output without members is zero. (No host ints: it also traces under
+    torch.compile.)"""
+    B, n, D = x.shape
+    M, E = offsets.shape[0] - 1, members.shape[0]
+    # Entry e belongs to the output m with offsets[m] <= e < offsets[m + 1].
+    owner = torch.searchsorted(offsets, torch.arange(E, device=x.device), right=True) - 1
+    rows = x.double().reshape(B * n, D)[members]
+    out = torch.zeros(M, D, dtype=torch.float64, device=x.device)
+    return out.index_add_(0, owner, weights.double()[:, None] * rows).to(out_dtype or x.dtype)
+
+
+def frame_gram(x: torch.Tensor, keys: torch.Tensor | None = None, mode: str = "dot",
+               ) -> torch.Tensor:
+    """out[t, i, k] = ⟨x[t, i], row(keys[t, k])⟩ ("dot"), ‖x[t, i] − row(keys[t, k])‖²
+    ("distance") or ⟨x[t, i], row(keys[t, k])⟩ / max(‖row(keys[t, k])‖, 1e-12) ("unit_keys"),
+    in float64; row(r) = x[r // N, r % N]; keys None: the frame's own rows; a negative key
+    gives 0 (−inf for "unit_keys"). Returns (T, N, K) float32."""
+    T, N, D = x.shape
+    q = x.double()
+    k = q if keys is None else q.reshape(T * N, D)[keys.clamp(min=0)]
+    if mode == "distance":
+        out = ((q[:, :, None, :] - k[:, None, :, :]) ** 2).sum(-1)
+    else:
+        if mode == "unit_keys":
+            k = k / k.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        out = torch.einsum("tid,tkd->tik", q, k)
+    if keys is not None:
+        out = torch.where((keys >= 0)[:, None, :], out, -math.inf if mode == "unit_keys" else 0.0)
+    return out.float()
+
+
+def knn_density(d2: torch.Tensor, members: torch.Tensor, k: int, scale: float = 1.0,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """SPEC §8 density peaks of member sets, in float64: for set b with members m = members[b]
+    (−1: padding), ρ_i = exp(−scale · mean of the k smallest d2[b, m_i, ·] over the set, self
+    included), δ_i = sqrt(scale · min d2 to a denser member) (denser: larger ρ, or equal ρ and
+    a lower position), or of the set's largest d2 if none. Returns (ρ, δ) (B, n) float32, 0
+    on padding. (Tensor ops only: it also traces under torch.compile.)"""
+    B, n = members.shape
+    ok = members >= 0
+    m = members.clamp(min=0)
+    sub = d2.double()[torch.arange(B, device=d2.device)[:, None, None], m[:, :, None], m[:, None, :]]
+    pair = ok[:, :, None] & ok[:, None, :]
+    low = torch.where(pair, sub, math.inf).sort(dim=-1).values[..., :k]
+    rho = torch.where(ok, torch.exp(-scale * torch.where(ok[..., None], low, 0.0).mean(dim=-1)), 0.0)
+    pos = torch.arange(n, device=d2.device)
+    denser = (rho[:, None, :] > rho[:, :, None]) | ((rho[:, None, :] == rho[:, :, None])
+                                                    & (pos[None, None, :] < pos[None, :, None]))
+    near = torch.where(pair & denser, sub, math.inf).amin(dim=-1)
+    dmax = torch.where(pair, sub, 0.0).amax(dim=(1, 2))
+    delta = torch.where(torch.isinf(near), dmax[:, None], near)
+    return rho.float(), torch.where(ok, (scale * delta).sqrt(), 0.0).float()

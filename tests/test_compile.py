@@ -25,10 +25,12 @@ def inputs():
         attn=torch.rand(3, 6, generator=g).pow(3),
         x=torch.randn(3, 6, 8, generator=g),
         bounds=torch.tensor([[0, 2], [1, 1], [2, 2]]),
+        merge=(torch.tensor([0, 6, 12, 3, 4]), torch.tensor([0.25, 0.25, 0.5, 0.6, 0.4]),
+               torch.tensor([0, 3, 3, 5])),
     )
 
 
-def primitives(q, k, attn, x, bounds, backend):
+def primitives(q, k, attn, x, bounds, merge, backend):
     """Every public primitive once, sink scores feeding the selections as in the pipelines."""
     a = sf.column_mean_attention(q, k, layout="bnhd", backend=backend)
     s = sf.sink_score(attn, backend=backend)
@@ -37,7 +39,11 @@ def primitives(q, k, attn, x, bounds, backend):
     c = sf.adjacent_cosine(x, backend=backend)
     m = sf.static_mask(x, s, tau=0.2, mu_t=0.07, backend=backend)
     seg = sf.segment_static_mask(x, s, bounds, tau=0.2, mu_t=0.07, backend=backend)
-    return (a, s, idx, gidx, tokens, c, m, seg)
+    merged = sf.merge_tokens(x, *merge, backend=backend)
+    d2 = sf.frame_gram(x, mode="distance", backend=backend)
+    dots = sf.frame_gram(x, merge[0][None, :3].expand(3, 3), backend=backend)
+    rho, delta = sf.knn_density(d2, merge[0][None, :4].expand(3, 4) % 6, 2, backend=backend)
+    return (a, s, idx, gidx, tokens, c, m, seg, merged, d2, dots, rho, delta)
 
 
 def assert_same(compiled, eager):

@@ -11,7 +11,8 @@ import stop_fast.kernels  # noqa: F401  (registers torch.ops.stop_fast.*)
 
 OPS = torch.ops.stop_fast
 OP_NAMES = ["column_mean_attention", "sink_score", "penalized_topk", "gather_topk",
-            "adjacent_cosine", "static_mask", "segment_static_mask"]
+            "adjacent_cosine", "static_mask", "segment_static_mask", "merge_tokens", "frame_gram",
+            "knn_density"]
 
 
 def inputs(device):
@@ -22,10 +23,13 @@ def inputs(device):
         attn=torch.rand(3, 20, device=device),
         x=torch.randn(3, 20, 40, device=device).to(torch.bfloat16),
         bounds=torch.tensor([[0, 2], [1, 1]], device=device),
+        merge=(torch.tensor([0, 21, 42, 5, 7], device=device),
+               torch.tensor([1 / 3, 1 / 3, 1 / 3, 0.5, 0.5], device=device),
+               torch.tensor([0, 3, 3, 5], device=device)),
     )
 
 
-def pipeline(q, k, attn, x, bounds):
+def pipeline(q, k, attn, x, bounds, merge):
     """Every primitive once, through the public API."""
     a = sf.column_mean_attention(q, k, layout="bnhd", backend="triton")
     s = sf.sink_score(attn, backend="triton")
@@ -34,7 +38,10 @@ def pipeline(q, k, attn, x, bounds):
     c = sf.adjacent_cosine(x, backend="triton")
     m = sf.static_mask(x, s, tau=0.5, mu_t=0.07, backend="triton")
     seg = sf.segment_static_mask(x, s, bounds, tau=0.5, mu_t=0.07, backend="triton")
-    return a, s, idx, gidx, tokens, c, m, seg
+    merged = sf.merge_tokens(x, *merge, out_dtype=torch.float32, backend="triton")
+    d2 = sf.frame_gram(x, mode="distance", backend="triton")
+    rho, delta = sf.knn_density(d2, merge[0][None, :4].expand(3, 4) % 20, 2, backend="triton")
+    return a, s, idx, gidx, tokens, c, m, seg, merged, d2, rho, delta
 
 
 def op_cases(device):
@@ -51,6 +58,10 @@ def op_cases(device):
         "adjacent_cosine": [(x,)],
         "static_mask": [(x, sink, 0.5, 0.07)],
         "segment_static_mask": [(x, sink, bounds, 0.5, 0.07)],
+        "merge_tokens": [(x, *t["merge"], None), (x, *t["merge"], torch.float32)],
+        "frame_gram": [(x, None, "distance"), (x, t["merge"][0][None, :3].expand(3, 3), "unit_keys")],
+        "knn_density": [(torch.rand(3, 20, 20, device=device), t["merge"][0][None, :4].expand(3, 4) % 20,
+                         2, 0.5)],
     }
 
 

@@ -207,7 +207,6 @@ def to_device(device: torch.device, *host) -> list[torch.Tensor]:
     parts = [torch.as_tensor(h, dtype=torch.int64) for h in host]
     flat = torch.cat([p.reshape(-1) for p in parts]) if parts else torch.empty(0, dtype=torch.int64)
     if device.type == "cuda":
-        flat = flat.pin_memory().to(device, non_blocking=True)
-    else:
-        flat = flat.to(device)
+        flat = flat.pin_memory()
+    flat = flat.to(device, non_blocking=True)
     return [f.view(p.shape) for f, p in zip(flat.split([p.numel() for p in parts]), parts)]

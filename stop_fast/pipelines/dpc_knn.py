@@ -15,7 +15,8 @@ import torch
 
 from .. import _checks as C
 
-__all__ = ["dpc_knn", "dpc_knn_batched", "density_scores", "DIST_BLOCK_ELEMS"]
+__all__ = ["dpc_knn", "dpc_knn_batched", "dpc_knn_gram", "gram_sq_dist", "density_scores",
+           "DIST_BLOCK_ELEMS"]
 
 # Largest block of pairwise squared distances held at once (fp32 elements, 64 MiB).
 DIST_BLOCK_ELEMS = 16 * 2**20
@@ -191,3 +192,83 @@ def _assign(xc, sq, centers, cvalid, inv_d, sets, rows):
     own = torch.arange(c, device=xc.device).expand(B, c)
     assign.scatter_(1, centers, own)
     return assign[:, :n]
+
+
+def gram_sq_dist(gram: torch.Tensor, dim: int) -> torch.Tensor:
+    """(B, n, n) squared distances ‖a − b‖² / dim from Gram matrices (SPEC §8: cdist / √D).
+
+    (G_ii + G_jj) − (G_ij + G_ji) is the same float either way round, so the result is exactly
+    symmetric (mutual nearest neighbours tie, as with exact differences); self is exactly 0."""
+    sq = gram.diagonal(dim1=1, dim2=2)
+    d2 = (sq[:, :, None] + sq[:, None, :]).sub_(gram + gram.mT).clamp_min_(0.0).mul_(1.0 / dim)
+    d2.diagonal(dim1=1, dim2=2).fill_(0.0)
+    return d2
+
+
+def gram_scores(gram: torch.Tensor, valid: torch.Tensor, k: torch.Tensor, max_k: int,
+                dim: int) -> torch.Tensor:
+    """(B, n) centre scores log δ − mean_sq of padded sets from their Gram matrices, −inf off
+    the set (the torch twin of ``kernels/dpc.py``'s ``dpc_scores``; SPEC §8 tie rules)."""
+    n = gram.shape[1]
+    off = ~valid
+    d2 = gram_sq_dist(gram, dim)
+    # the largest distance within each set (invalid rows and columns count 0)
+    dmax2 = d2.masked_fill(off[:, :, None] | off[:, None, :], 0.0).amax(dim=(1, 2))
+    d2.masked_fill_(off[:, None, :], math.inf)
+    kk = max(1, min(max_k, n))
+    near = d2.topk(kk, dim=-1, largest=False).values                   # ascending
+    mean_sq = near.cumsum(-1).gather(2, (k - 1).clamp(min=0)[:, None, None].expand(-1, n, 1))
+    mean_sq = mean_sq[..., 0] / k.clamp(min=1)[:, None]
+    # denser = earlier in the stable descending order of log ρ = −mean_sq (ties: lower index)
+    rank = torch.sort(mean_sq, dim=1, stable=True).indices.argsort(dim=1)
+    near2 = d2.masked_fill_(rank[:, None, :] >= rank[:, :, None], math.inf).amin(-1)
+    delta = torch.where(torch.isinf(near2), dmax2[:, None], near2).sqrt()
+    return (delta.log() - mean_sq).masked_fill_(off, -math.inf)
+
+
+def gram_assign(gram: torch.Tensor, centers: torch.Tensor, n_centers: torch.Tensor,
+                dim: int) -> torch.Tensor:
+    """(B, n) index into each set's centre list (its first n_centers[b] entries) of every
+    token's nearest centre (ties: the earlier centre; a centre itself). Torch twin of
+    ``kernels/dpc.py``'s ``dpc_assign``."""
+    B, n, _ = gram.shape
+    c = centers.shape[1]
+    cpos = torch.arange(c, device=gram.device)
+    cvalid = cpos < n_centers[:, None]
+    sq = gram.diagonal(dim1=1, dim2=2)
+    g_c = gram.gather(2, centers[:, None, :].expand(B, n, c))
+    g_ct = gram.gather(1, centers[:, :, None].expand(B, c, n)).mT
+    dc = (sq[:, :, None] + sq.gather(1, centers)[:, None, :]).sub_(g_c + g_ct)
+    dc = dc.clamp_min_(0.0).mul_(1.0 / dim).masked_fill_(~cvalid[:, None, :], math.inf)
+    assign = torch.zeros(B, n + 1, dtype=torch.int64, device=gram.device)
+    assign[:, :n] = dc.argmin(-1)                  # first minimum: the earlier centre
+    # each centre joins itself (unused centre slots write the spare column)
+    return assign.scatter_(1, torch.where(cvalid, centers, n), cpos.expand(B, c))[:, :n]
+
+
+def dpc_knn_gram(gram: torch.Tensor, valid: torch.Tensor, n_centers: torch.Tensor,
+                 max_centers: int, k: torch.Tensor, max_k: int, dim: int,
+                 backend: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
+    """DPC-KNN of B padded token sets given their Gram matrices, ranked like ``by_score``.
+
+    gram (B, n, n) float32: inner products of each set's tokens (only entries between valid
+    tokens are read); valid (B, n) bool: the set's members, in index order (any subset, not
+    only a prefix); n_centers, k (B,) int64 with 1 <= k, n_centers <= members (or 0 for an
+    unused set); ``dim`` the feature width of the distances. Same tie rules and log-domain
+    centre score as :func:`dpc_knn_batched` with ``by_score=True``. Returns (centers
+    (B, max_centers) int64 indices into n by descending score, of which the first
+    n_centers[b] are set b's centres (the rest unspecified); assign (B, n) int64 index into
+    the centre row; invalid tokens unspecified). No host sync. On
+    ``backend="triton"`` the scores and the assignment are the kernels of ``kernels/dpc.py``.
+    """
+    kern = _kernels() if backend == "triton" else None
+    score = (kern.dpc_scores if kern else gram_scores)(gram, valid, k, max_k, dim)
+    # the first n_centers of each row are the centres; the assignment ignores the rest
+    centers = torch.sort(score, dim=1, descending=True, stable=True).indices[:, :max_centers]
+    assign = (kern.dpc_assign if kern else gram_assign)(gram, centers, n_centers, dim)
+    return centers, assign
+
+
+def _kernels():
+    from .. import dispatch
+    return dispatch._load_kernels()

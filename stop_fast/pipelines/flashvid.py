@@ -19,7 +19,8 @@ from .. import _checks as C
 from ..torch_backend import minmax_power
 from . import base
 from .base import KIND_DIVERSE, KIND_MERGED, SINK_EPS, Selection, to_device
-from ._flashvid_merge import spatial_merge, temporal_merge
+from . import _merge_ops as M
+from ._flashvid_merge import merge_tree, pooled_values, spatial_output
 
 __all__ = ["Options", "flashvid_fast", "flashvid_budget", "cut_segments", "SegmentLayout"]
 
@@ -99,23 +100,21 @@ class SegmentLayout:
     def __init__(self, segs: list[tuple[int, int]], device):
         self.segs = segs
         self.lengths = [e - b + 1 for b, e in segs]
+        self.lengths_t = [e - b + 1 for b, e in segs for _ in range(b, e + 1)]   # per frame
         self.max_len = max(self.lengths)
         seg_of = [s for s, (b, e) in enumerate(segs) for _ in range(b, e + 1)]
         offset = [t - b for b, e in segs for t in range(b, e + 1)]
         T = len(seg_of)
         self.T = T
-        # (S, max_len) frame of each segment offset, T (a padding row) past the segment's end;
-        # and the frames at each offset o (one per segment that long), for the reverse scan.
+        # (S, max_len) frame of each segment offset, T (a padding row) past the segment's end
         frames = [[b + o if b + o <= e else T for o in range(self.max_len)] for b, e in segs]
-        at = [[b + o for b, e in segs if b + o <= e] for o in range(self.max_len)]
         (self.seg_of, self.offset, self.len_t, self.length, self.frames,
-         at_flat) = to_device(device, seg_of, offset, [self.lengths[s] for s in seg_of],
-                              self.lengths, frames, [t for row in at for t in row])
-        self.at_offset = list(at_flat.split([len(row) for row in at]))
+         self.bounds) = to_device(device, seg_of, offset, [self.lengths[s] for s in seg_of],
+                                  self.lengths, frames, segs)
 
     def seg_sum(self, v: torch.Tensor) -> torch.Tensor:
         """(T, …) → (S, …): sum over each segment's frames."""
-        out = v.new_zeros((len(self.segs),) + tuple(v.shape[1:]))
+        out = torch.zeros((len(self.segs),) + tuple(v.shape[1:]), dtype=v.dtype, device=v.device)
         return out.index_add_(0, self.seg_of, v)
 
 
@@ -124,46 +123,26 @@ def segment_sink(a: torch.Tensor, lay: SegmentLayout, gamma: float) -> torch.Ten
     return minmax_power(lay.seg_sum(a) / lay.length[:, None], gamma, SINK_EPS)
 
 
-def adts(x: torch.Tensor, xn: torch.Tensor, w: torch.Tensor, n_a: int) -> torch.Tensor:
-    """SPEC §10.3b for all frames at once: (T, n_A) picks in pick order.
-
-    Δ[t, i, j] = (1 − cos) · w[t, j] is built once; each greedy step updates a running
-    column minimum over the picks, so a step costs O(N) per frame. Picked columns are
-    excluded (note 3). argmax returns the first maximum: ties go to the lower j.
-    """
-    T, N, _ = x.shape
-    cos = torch.bmm(xn, xn.transpose(1, 2))
-    cos.diagonal(dim1=1, dim2=2).fill_(1.0)          # a token is at distance exactly 0 from itself
-    delta = (1.0 - cos).mul_(w[:, None, :])
-    rows = torch.arange(T, device=x.device)
-    picks = torch.empty(T, n_a, dtype=torch.int64, device=x.device)
-    if n_a == 0:
-        return picks
-    # First pick: largest second-smallest column entry (with multiplicity; N = 1: the only one).
-    second = delta.topk(min(2, N), dim=1, largest=False).values[:, -1, :]
-    j = second.argmax(1)
-    picks[:, 0] = j
-    taken = torch.zeros(T, N, dtype=torch.bool, device=x.device)
-    taken[rows, j] = True
-    colmin = delta[rows, j]
-    for step in range(1, n_a):                        # greedy steps, all frames at once
-        j = colmin.masked_fill(taken, -math.inf).argmax(1)
-        picks[:, step] = j
-        taken[rows, j] = True
-        colmin = torch.minimum(colmin, delta[rows, j])
-    return picks
+def adts(x: torch.Tensor, xn: torch.Tensor, w: torch.Tensor, n_a: int,
+         backend: str = "torch") -> torch.Tensor:
+    """SPEC §10.3b for all frames at once, from the features (for inspection and tests):
+    (T, n_A) picks in pick order. ``xn`` is x normalized (only its Gram is used)."""
+    G, C, _ = M.frame_grams(xn, backend)
+    return M.adts_match(G, C, w.float(), n_a, backend)[0]
 
 
 def flashvid_fast(video: base.Video, opts: Options) -> Selection:
     x, a = video.features, video.attention
     T, N, D = x.shape
-    dev = x.device
+    dev, be = x.device, video.backend
     B, n_a, n_m = flashvid_budget(N, opts)
-    xf = x.float()
-    xn = F.normalize(xf, dim=-1)
+    # 1. One pass over the features: every frame's Gram, the cross Gram with the previous
+    # frame and the frame sums. Every cosine below comes from these.
+    xs = M.features(x, be)
+    G, C, F_sum = M.frame_grams(xs, be)
 
     # 2. Segmentation: the one host transfer for the layout (T − 1 floats).
-    f = F.normalize(xf.mean(1), dim=-1)
+    f = F.normalize(F_sum, dim=-1)
     segs = cut_segments((f[:-1] * f[1:]).sum(-1).tolist(), opts.tau_seg, opts.min_segments)
     lay = SegmentLayout(segs, dev)
 
@@ -178,30 +157,24 @@ def flashvid_fast(video: base.Video, opts: Options) -> Selection:
             s = video.sink.float()[None]
         af = af - opts.mu_s * s
 
-    # 3b. ADTS: w = ã · ⟨x, ḡ⟩ with ḡ the segment's mean token.
-    gbar = lay.seg_sum(xf.sum(1)) / (lay.length[:, None] * N)
-    w = af * torch.einsum("tnd,td->tn", xf, gbar[lay.seg_of])
-    picks = adts(xf, xn, w, n_a).sort(dim=1).values
-    free = torch.ones(T, N, dtype=torch.bool, device=dev)
-    free[torch.arange(T, device=dev)[:, None], picks] = False
-
-    frames = torch.arange(T, device=dev)
-    keys = [(frames[:, None] * N + picks).reshape(-1) * 2]           # ADTS sort first at a tie
-    toks = [x[frames[:, None], picks].reshape(-1, D)]
-    kinds = [torch.full((T * n_a,), KIND_DIVERSE, dtype=torch.int8, device=dev)]
-    if n_m > 0:
-        # 3d–e. Temporal tree merge, then per-frame spatial DPC-kNN (or pass-through).
-        values, pool = temporal_merge(xf, xn, free, lay, B, opts.merge_threshold)
-        m_tok, m_loc, m_ok = spatial_merge(values, pool, lay, n_m, opts.max_k)
-        # Data-dependent count of merged tokens: the second host transfer (one nonzero).
-        idx = m_ok.reshape(-1).nonzero().squeeze(1)
-        t_idx = idx // N
-        keys.append((t_idx * N + m_loc.reshape(-1)[idx]) * 2 + 1)
-        toks.append(m_tok.reshape(T * N, -1)[idx].to(x.dtype))
-        kinds.append(torch.full_like(t_idx, KIND_MERGED, dtype=torch.int8))
-    key = torch.cat(keys)
-    order = key.argsort()                    # keys are unique, so the order is the stable one
-    key = key[order] // 2
-    positions = torch.stack([key // N, key % N], dim=1)
-    return Selection(torch.cat(toks)[order], positions, torch.cat(kinds)[order], segments=segs,
-                     extras=extras)
+    # 3b. ADTS with w = ã · ⟨x, ḡ⟩, ḡ the segment's mean token (a second pass over the
+    # features), and each token's best match among the previous frame's unpicked tokens.
+    gbar = lay.seg_sum(F_sum) / (lay.length[:, None] * N)
+    w = af * M.project(xs, gbar[lay.seg_of], be)
+    picks, pick_row, best, arg = M.adts_match(G, C, w, n_a, be)
+    if n_m == 0:
+        key = (torch.arange(T, device=dev)[:, None] * N + picks).view(-1)
+        tokens = M.merge(x, key, torch.ones(T * n_a, device=dev),
+                         torch.arange(T * n_a + 1, device=dev), x.dtype, be)
+        key = key * 2
+    else:
+        # 3d. Temporal tree merge on indices; the pool sizes are the second host transfer.
+        tree = merge_tree(best, arg, pick_row, lay, B, opts.merge_threshold, be)
+        sizes = tree.sizes.tolist()
+        values, own = pooled_values(xs, tree, pick_row, sizes, n_a, be)
+        # 3e–4. Spatial DPC-kNN and the output tokens in LLM order, in the features' dtype.
+        tokens, key = spatial_output(values, own, tree, picks, sizes, lay, n_m, opts.max_k, D,
+                                     x.dtype, be)
+    kinds = (key % 2).to(torch.int8) + KIND_DIVERSE          # KIND_MERGED = KIND_DIVERSE + 1
+    return Selection(tokens, torch.stack([key // (2 * N), key // 2 % N], dim=1), kinds,
+                     segments=segs, extras=extras)

@@ -2,9 +2,12 @@
 
 PruneVid reads no attention, so SToP has nothing to act on (``use_stop=True`` is an error).
 The frame clustering and its contiguity repair are a few dozen host steps on T labels. The
-per-segment work is batched: one pass for the static test of every segment, then one padded
-DPC-kNN over every static set and every frame's dynamic set. Two host transfers per video:
-the frame labels, and the static count of each segment (every cluster count follows from it).
+features are read three times: once for every frame's Gram matrix and the frame sums, once
+for the static test and the segment means of every segment, and once for the output tokens,
+each the mean of its members, written straight into LLM order. DPC-kNN runs on Gram matrices
+(the frames' for the dynamic sets, the segment means' for the static sets), all sets at
+once. Two host transfers per video: the frame labels, and the static count of each segment
+(every cluster count follows from it).
 
 Short videos: the published code asks for int(0.25·T) frame clusters with k = 7 neighbours
 and fails for T < 7. The engine uses max(1, int(0.25·T)) clusters and k = min(7, T), which
@@ -19,9 +22,10 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from . import _merge_ops as M
 from . import base
 from .base import KIND_DYNAMIC, KIND_STATIC, Selection, to_device
-from .dpc_knn import dpc_knn_batched
+from .dpc_knn import dpc_knn_gram
 
 __all__ = ["Options", "prunevid_fast", "refine_labels", "label_runs", "prunevid_counts",
            "GRID", "THRESHOLD", "K", "PASS_THROUGH", "SLACK"]
@@ -117,67 +121,83 @@ def prunevid_counts(n_static: int, W: int, r: float) -> tuple[float, int, int]:
 def prunevid_fast(video: base.Video, opts: Options) -> Selection:
     x = video.features
     T, N, D = x.shape
-    dev = x.device
-    xf = x.float()
+    dev, be = x.device, video.backend
 
-    # 1–3. Frame clusters by DPC-kNN over the frame means (labels in centre-score order), then
-    # contiguity on the host: the first host transfer (T labels).
+    # 1. One pass over the features: every frame's Gram (the dynamic sets' distances) and the
+    # frame sums. Frame clusters by DPC-kNN over the frame means (their Gram, centred: the same
+    # distances, fewer digits lost; the 1/N of the means goes into the distance scale), labels
+    # in centre-score order; contiguity on the host: the first host transfer (T labels).
+    xs = M.features(x, be)
+    G, _, F_sum = M.frame_grams(xs, be, cross=False)
+    fc = F_sum - F_sum.mean(0)
     n_frame_c, k_f = frame_clustering(T)
-    one = torch.ones(1, dtype=torch.int64, device=dev)
-    _, assign = dpc_knn_batched(xf.mean(1)[None], one * T, one * n_frame_c, n_frame_c,
-                                one * k_f, k_f, by_score=True)
+    n_fc, k_fc = to_device(dev, [n_frame_c], [k_f])
+    _, assign = dpc_knn_gram((fc @ fc.T)[None], torch.ones(1, T, dtype=torch.bool, device=dev),
+                             n_fc, n_frame_c, k_fc, k_f, D * N * N, be)
     labels = refine_labels(assign[0].tolist())
     segs = [(b, e) for _, b, e in label_runs(labels)]
     S = len(segs)
     W = [e - b + 1 for b, e in segs]
-    seg_of, Wt = to_device(dev, [s for s, (b, e) in enumerate(segs) for _ in range(b, e + 1)], W)
-    Wt = Wt.float()
+    seg_of = [s for s, (b, e) in enumerate(segs) for _ in range(b, e + 1)]
+    bounds, seg_t, pairs = to_device(dev, segs, seg_of, [[max(w * (w - 1), 1)] for w in W])
 
-    # 4. Static locations: Σ_{u≠v} cos = |Σ_u x̂_u|² − Σ_u |x̂_u|² over the segment's frames.
-    xn = F.normalize(xf, dim=-1)
-    tot = xf.new_zeros(S, N, D).index_add_(0, seg_of, xn)
-    self_sim = xf.new_zeros(S, N).index_add_(0, seg_of, xn.square().sum(-1))
-    sigma = (tot.square().sum(-1) - self_sim) / (Wt * (Wt - 1)).clamp(min=1)[:, None]
-    static = (sigma > THRESHOLD) & (Wt > 1)[:, None]
+    # 4. Static locations: Σ_{u≠v} cos over the segment's frames, from a second pass that also
+    # gives the segment means of every location. (W = 1: no pair, never static.)
+    norms = G.diagonal(dim1=1, dim2=2).clamp_min(0.0).sqrt()
+    mean, cos_sum = M.segment_stats(xs, norms, bounds, be)
+    static = cos_sum / pairs > THRESHOLD
     # Second host transfer: |S| per segment fixes every cluster count.
     n_static = static.sum(1).tolist()
     counts = [prunevid_counts(n, w, opts.retention_ratio) for n, w in zip(n_static, W)]
 
-    # Sets: the S static sets (segment means of the static locations), then the T dynamic
-    # sets (each frame's other locations), each compacted to the front in ascending order.
-    smean = xf.new_zeros(S, N, D).index_add_(0, seg_of, xf) / Wt[:, None, None]
-    s_loc = torch.sort((~static).to(torch.uint8), dim=1, stable=True).indices
-    d_loc = torch.sort(static[seg_of].to(torch.uint8), dim=1, stable=True).indices
-    frames = torch.arange(T, device=dev)[:, None]
-    sets = torch.cat([smean.gather(1, s_loc[..., None].expand(S, N, D)), xf[frames, d_loc]])
-    locs = torch.cat([s_loc, d_loc])
-    size = n_static + [GRID - n_static[s] for s, (b, e) in enumerate(segs) for _ in range(b, e + 1)]
-    n_out = [c[1] for c in counts] + [counts[s][2] for s, (b, e) in enumerate(segs)
-                                      for _ in range(b, e + 1)]
+    # Sets: the S static sets (segment means at the static locations), then the T dynamic
+    # sets (each frame's other locations); members in ascending location order.
+    size = n_static + [GRID - n_static[s] for s in seg_of]
+    n_out = [c[1] for c in counts] + [counts[s][2] for s in seg_of]
     clus = [sz > PASS_THROUGH and c > 0 for sz, c in zip(size, n_out)]
-    # 5. Output order, on host ints: per segment its static set, then its frames' dynamic sets.
-    order = [set_id * N + j for s, (b, e) in enumerate(segs)
-             for set_id in [s] + [S + t for t in range(b, e + 1)] for j in range(n_out[set_id])]
-    # Every host-side layout in one copy (queued behind the device work on CUDA, no sync).
-    act, c_counts, c_centers, c_k, seg_start, idx = to_device(
-        dev, clus, [sz if a else 0 for sz, a in zip(size, clus)],
-        [c if a else 0 for c, a in zip(n_out, clus)], [K if a else 0 for a in clus],
-        [b for b, _ in segs], order)
+    # 5. Output rows, on host ints: per segment its static set, then its frames' dynamic sets;
+    # a set of more than PASS_THROUGH tokens without clusters sends its tokens to a spare row.
+    order = [g for s in range(S) for g in [s] + [S + t for t in range(segs[s][0], segs[s][1] + 1)]]
+    base = [0] * (S + T)
+    total = 0
+    for g in order:
+        base[g] = total
+        total += n_out[g]
+    base = [total if not c and sz > PASS_THROUGH else b for b, c, sz in zip(base, clus, size)]
+    frame_of = [segs[g][0] if g < S else g - S for g in order for _ in range(n_out[g])]
+    kind_of = [KIND_STATIC if g < S else KIND_DYNAMIC for g in order for _ in range(n_out[g])]
+    slot_of = [g * N + j for g in order for j in range(n_out[g])]
+    act, n_cen, k_set, base_t, wdiv, frame_t, kind_t, slot_t = to_device(
+        dev, clus, [c if a else 0 for c, a in zip(n_out, clus)], [K if a else 0 for a in clus],
+        base, [[W[g] if g < S else 1] for g in range(S + T)], frame_of, kind_of, slot_of)
     act = act.bool()
-    centers, assign = dpc_knn_batched(sets, c_counts, c_centers, max(n_out + [1]), c_k, K,
-                                      by_score=True)
-    member = (torch.arange(N, device=dev) < c_counts[:, None]).float()
-    sums = torch.zeros_like(sets).scatter_add_(1, assign[..., None].expand_as(sets),
-                                               sets * member[..., None])
-    num = torch.zeros(S + T, N, device=dev).scatter_add_(1, assign, member)
-    means = sums[:, :centers.shape[1]] / num[:, :centers.shape[1], None].clamp(min=1)
-    c_loc = locs.gather(1, centers.clamp(max=N - 1))
-    width = centers.shape[1]
-    out_tok = torch.where(act[:, None, None], F.pad(means, (0, 0, 0, N - width)), sets)
-    out_loc = torch.where(act[:, None], F.pad(c_loc, (0, N - width)), locs)
-    out_frame = torch.cat([seg_start, frames[:, 0]])
-    set_of = idx // N
-    positions = torch.stack([out_frame[set_of], out_loc.reshape(-1)[idx]], dim=1)
-    kinds = torch.where(set_of < S, KIND_STATIC, KIND_DYNAMIC).to(torch.int8)
-    return Selection(out_tok.reshape(-1, D)[idx].to(x.dtype), positions, kinds, segments=segs,
+    is_static = static[seg_t]
+    valid = torch.cat([static, ~is_static])                            # (S + T, N)
+    c_max = max(n_out + [1])
+    # DPC-kNN of the static sets (Gram of the segment means) and the dynamic sets (the frames'
+    # Grams), each set on its own valid locations.
+    gram_s = M.frame_grams(mean, be, cross=False)[0]
+    if be == "triton":      # two launches each, rather than a copy of every Gram
+        cen_s, asg_s = dpc_knn_gram(gram_s, static, n_cen[:S], c_max, k_set[:S], K, D, be)
+        cen_d, asg_d = dpc_knn_gram(G, ~is_static, n_cen[S:], c_max, k_set[S:], K, D, be)
+        cen, asg = torch.cat([cen_s, cen_d]), torch.cat([asg_s, asg_d])
+    else:                   # one set of ops for all sets, at the price of that copy
+        cen, asg = dpc_knn_gram(torch.cat([gram_s, G]), valid, n_cen, c_max, k_set, K, D, be)
+    # Each token's output row and weight: a cluster mean, or a pass-through token; static
+    # tokens also average over the segment's W frames.
+    rank = valid.cumsum(1) - 1
+    col = torch.where(act[:, None], asg, rank).clamp(min=0)
+    size_of = torch.zeros(S + T, N + 1, device=dev).scatter_add_(
+        1, torch.where(valid, col, N), torch.ones(S + T, N, device=dev))
+    weight = (size_of.gather(1, col) * wdiv).reciprocal().view(-1)
+    out_row = torch.where(base_t[:, None] < total, base_t[:, None] + col, total).view(-1)
+    set_of = torch.where(is_static, seg_t[:, None], S + torch.arange(T, device=dev)[:, None])
+    tok = (set_of * N + torch.arange(N, device=dev)).view(-1)         # (set, location) of each token
+    tokens = M.scatter_rows(xs, out_row[tok], weight[tok], total + 1, be, x.dtype)[:total]
+    # Locations: a cluster's centre, or the pass-through token's own location.
+    loc = torch.zeros(S + T, N + 1, dtype=torch.int64, device=dev).scatter_(
+        1, torch.where(valid, rank, N), torch.arange(N, device=dev).expand(S + T, N))
+    out_loc = torch.where(act[:, None], F.pad(cen, (0, N - c_max)), loc[:, :N]).view(-1)
+    positions = torch.stack([frame_t, out_loc[slot_t]], dim=1)
+    return Selection(tokens, positions, kind_t.to(torch.int8), segments=segs,
                      extras={"static_counts": n_static})

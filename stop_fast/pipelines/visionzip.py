@@ -1,22 +1,26 @@
 """VisionZip + SToP (SPEC §7): dominant top-k by ã plus merged contextual tokens, per frame.
 
 Vectorized over frames with no host synchronization: every shape follows from (T, N) and the
-options. Dominant tokens come from the public :func:`stop_fast.gather_topk`.
+options. The layout is one kernel on the Triton backend (:mod:`stop_fast.kernels.visionzip_plan`,
+twin :func:`stop_fast.torch_backend.visionzip_plan`), the tokens one :func:`stop_fast.merge_tokens`
+pass over the features.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from .. import _checks as C
 from .. import api
+from ..dispatch import get
 from . import base
 from .base import KIND_CONTEXTUAL, KIND_DOMINANT, Selection, Video
 
 __all__ = ["Options", "visionzip_fast", "visionzip_budget", "contextual_targets", "SINK_SKIP_RULES"]
 
+# The Triton layout kernel holds a frame in one block; larger frames use the torch layout.
+PLAN_MAX_N = 512
 # VisionZip's published per-frame budgets for 196 pooled tokens (SPEC §7.1).
 TABLE_196 = {0.10: 20, 0.15: 30, 0.20: 40, 0.25: 50}
 SINK_SKIP_RULES = ("position", "location")
@@ -102,63 +106,45 @@ def contextual_targets(skip: torch.Tensor, n_targets: int, overflow_last: bool =
     return prefer.gather(1, u)
 
 
-def _skip_mask(sink: torch.Tensor, rem: torch.Tensor, opts: Options) -> torch.Tensor | None:
-    """(T, R) positions of the remaining list that a target moves past, or None (no skip)."""
-    n = min(opts.num_sink_skip, sink.shape[0])
+def _target_positions(video: Video, opts: Options, n_dom: int, n_ctx: int) -> torch.Tensor:
+    """(T, C) positions of the contextual targets in each frame's remaining list (SPEC §7.3),
+    a broadcast row when they are the same in every frame (without SToP, and the published
+    position rule, which compares positions with sink locations)."""
+    sink, dev = video.sink, video.sink.device
+    T, N, _ = video.features.shape
+    R = N - n_dom
+    n = min(opts.num_sink_skip, N)
     if not opts.use_stop or n == 0:
-        return None
+        stride = max(1, R // n_ctx)
+        return torch.arange(0, n_ctx * stride, stride, device=dev).expand(T, n_ctx)
     Z = torch.sort(sink, descending=True, stable=True).indices[:n]      # ties: lower location
-    if opts.sink_skip == "location":
-        is_sink = torch.zeros(sink.shape[0], dtype=torch.bool, device=sink.device)
-        return is_sink.scatter_(0, Z, True)[rem]
-    # As published: a *position* p of the remaining list is skipped if p equals a sink location.
-    T, R = rem.shape
-    pos = torch.zeros(R + sink.shape[0], dtype=torch.bool, device=sink.device).scatter_(0, Z, True)
-    return pos[:R].expand(T, R)
+    if opts.sink_skip == "position":
+        is_z = torch.zeros(R + N, dtype=torch.bool, device=dev).scatter_(0, Z, True)
+        return contextual_targets(is_z[None, :R], n_ctx, overflow_last=True).expand(T, n_ctx)
+    # The intended rule: a target skips past remaining tokens whose *location* is a sink.
+    is_dom = torch.zeros(T, N, dtype=torch.bool, device=dev)
+    if n_dom:
+        dom = api.penalized_topk(video.attention, sink, n_dom, mu_s=opts.mu_s,
+                                 backend=video.backend)
+        is_dom.scatter_(1, dom, True)
+    rem = torch.sort(is_dom.to(torch.uint8), dim=1, stable=True).indices[:, :R]
+    is_z = torch.zeros(N, dtype=torch.bool, device=dev).scatter_(0, Z, True)
+    return contextual_targets(is_z[rem], n_ctx)
 
 
 def visionzip_fast(video: Video, opts: Options) -> Selection:
-    """(T·S tokens in SPEC §7.4 order: per frame dominant ascending, then contextual)."""
-    x, attn, metric, sink = video.features, video.attention, video.metric, video.sink
+    """(T·S tokens in SPEC §7.4 order: per frame dominant ascending, then contextual).
+
+    Two device steps after the target positions: the per-frame layout (``visionzip_plan``:
+    dominant top-k, targets, metric cosines, members; one kernel on the Triton backend) and
+    one ``merge_tokens`` pass that reads every feature row once and writes the T·S outputs.
+    """
+    x, metric, sink = video.features, video.metric, video.sink
     T, N, D = x.shape
-    dev = x.device
     n_dom, n_ctx = visionzip_budget(N, opts.retention_ratio, opts.tokens_per_frame)
-    R = N - n_dom
-    frames = torch.arange(T, device=dev)[:, None]
-
-    # 2. Dominant: top-D_n by ã, emitted in ascending location order.
-    if n_dom > 0:
-        dom = api.penalized_topk(attn, sink, n_dom, mu_s=opts.mu_s, backend=video.backend)
-        dom = dom.sort(dim=1).values
-    else:
-        dom = torch.empty(T, 0, dtype=torch.int64, device=dev)
-    is_dom = torch.zeros(T, N, dtype=torch.bool, device=dev).scatter_(1, dom, True)
-    # Remaining locations in ascending order (stable sort puts the non-dominant first).
-    rem = torch.sort(is_dom.to(torch.uint8), dim=1, stable=True).indices[:, :R]
-
-    # 3. Contextual targets: a stride over the remaining list, skipping sinks (SPEC §7.3).
-    skip = _skip_mask(sink, rem, opts) if n_ctx else None
-    if skip is not None:
-        pos = contextual_targets(skip, n_ctx, overflow_last=opts.sink_skip == "position")
-    else:
-        pos = (torch.arange(n_ctx, device=dev) * max(1, R // max(n_ctx, 1))).expand(T, n_ctx)
-    tgt = rem.gather(1, pos)                                             # (T, C) locations
-
-    # Every other remaining token joins its most similar target (cosine of the metric; ties to
-    # the earlier target); the contextual token is target + mean(members).
-    mn = F.normalize(metric.float(), dim=-1)
-    sim = torch.bmm(mn, mn[frames, tgt].transpose(1, 2))                 # (T, N, C)
-    member = ~is_dom & ~torch.zeros_like(is_dom).scatter_(1, tgt, True)
-    weight = F.one_hot(sim.argmax(dim=2), n_ctx).float() * member[..., None]
-    counts = weight.sum(dim=1)                                           # (T, C)
-    sums = torch.bmm(weight.transpose(1, 2), x.float())                  # (T, C, D)
-
-    # 4. Per frame: dominant tokens, then contextual tokens in target order.
-    tokens = torch.empty(T, n_dom + n_ctx, D, dtype=x.dtype, device=dev)
-    tokens[:, :n_dom] = x[frames, dom]
-    tokens[:, n_dom:] = x[frames, tgt].float() + sums / counts.clamp(min=1.0)[..., None]
-    locs = torch.cat([dom, tgt], dim=1)
-    positions = torch.stack([frames.expand_as(locs), locs], dim=-1).reshape(-1, 2)
-    kinds = torch.cat([torch.full((n_dom,), KIND_DOMINANT, dtype=torch.int8, device=dev),
-                       torch.full((n_ctx,), KIND_CONTEXTUAL, dtype=torch.int8, device=dev)])
-    return Selection(tokens.view(-1, D), positions, kinds.repeat(T))
+    targets = _target_positions(video, opts, n_dom, n_ctx)
+    bk = video.backend if video.backend != "triton" or N <= PLAN_MAX_N else "torch"
+    rows, weights, offsets, positions, kinds = get("visionzip_plan", bk, x.device)(
+        video.attention, sink, opts.mu_s, n_dom, targets, metric, (KIND_DOMINANT, KIND_CONTEXTUAL))
+    tokens = get("merge_tokens", video.backend, x.device)(x, rows, weights, offsets, None)
+    return Selection(tokens, positions, kinds)
