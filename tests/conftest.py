@@ -34,16 +34,19 @@ torch.set_num_threads(int(os.environ.get("STOP_FAST_TEST_THREADS", "2")))
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
-# tests/vllm run in their own virtualenv (vLLM pins its own torch and transformers): `make test`
-# runs them there with `pytest tests/vllm`; where vLLM is not installed they are not collected,
-# and the header says so.
-HAVE_VLLM = importlib.util.find_spec("vllm") is not None
-collect_ignore = [] if HAVE_VLLM else ["vllm"]
+# tests/vllm_serving run in their own virtualenv (vLLM pins its own torch and transformers):
+# `make test` runs them there with `pytest tests/vllm_serving`; where vLLM is not installed they
+# are not collected, and the header says so.
+# (A directory named like the package would be found as a namespace package: check the origin.)
+_VLLM_SPEC = importlib.util.find_spec("vllm")
+HAVE_VLLM = _VLLM_SPEC is not None and _VLLM_SPEC.origin not in (None, "namespace")
+collect_ignore = [] if HAVE_VLLM else ["vllm_serving"]
 
 
 def pytest_report_header(config):
     if not HAVE_VLLM:
-        return "tests/vllm: not collected (vLLM is not installed here; `make test` runs them in .venv-vllm)"
+        return ("tests/vllm_serving: not collected (vLLM is not installed here; `make test` runs "
+                "them in .venv-vllm)")
 
 
 @pytest.fixture

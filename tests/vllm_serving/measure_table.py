@@ -1,7 +1,7 @@
 """The README's "Serving with vLLM" table: prompt tokens and time per request on the tiny
 checkpoints of :mod:`vllm_case`, unpruned and with each method + SToP at r = 0.2, through
 vLLM's CPU build and the plugin (run from the repository root in the vLLM virtualenv:
-``.venv-vllm/bin/python tests/vllm/measure_table.py``). Each row: median over REPEATS timed
+``.venv-vllm/bin/python tests/vllm_serving/measure_table.py``). Each row: median over REPEATS timed
 ``LLM.generate`` calls (one new clip each, 6 greedy tokens, no prefix or processor cache) after
 one untimed warm-up call, in one thread (OMP_NUM_THREADS=1, no core binding)."""
 import os

@@ -1,4 +1,4 @@
-"""Applies the test set-up's workarounds (``tests/vllm/_workarounds.py``) in every Python process
+"""Applies the test set-up's workarounds (``tests/vllm_serving/_workarounds.py``) in every Python process
 the vLLM tests start: vLLM inspects model classes in a subprocess, and the OpenAI server test
 runs vLLM in its own process. conftest.py puts this folder on PYTHONPATH."""
 import os

@@ -82,8 +82,8 @@ def siglip_names_transformers_5(checkpoint) -> bool:
     return True
 
 
-if __name__ == "__main__":      # `python tests/vllm/_workarounds.py install`, from the Makefile
+if __name__ == "__main__":      # `python tests/vllm_serving/_workarounds.py install`, from the Makefile
     if sys.argv[1:] != ["install"]:
-        sys.exit("usage: python tests/vllm/_workarounds.py install")
+        sys.exit("usage: python tests/vllm_serving/_workarounds.py install")
     removed = torch_extensions_cuda_builds_at_install()
     print(f"removed {removed} (they do not import beside CPU torch)" if removed else "nothing to remove")
