@@ -1,9 +1,12 @@
 """Installed layout: kernels ship as stop_fast.kernels, never as a top-level `kernels` module."""
+import importlib.metadata as md
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -14,13 +17,51 @@ def test_no_top_level_kernels_module(tmp_path):
     code = ("import importlib.util as u, json; import stop_fast.kernels, stop_fast.bench; "
             "print(json.dumps([[s.origin or '', *(s.submodule_search_locations or [])] if s else [] "
             "for s in map(u.find_spec, ['kernels', 'bench'])]))")
-    # The installed layout only: pytest-xdist's workers put the checkout on PYTHONPATH.
+    # The installed layout only, whatever PYTHONPATH the caller set.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                          env=env)
     assert res.returncode == 0, res.stderr
     for name, places in zip(["kernels", "bench"], json.loads(res.stdout)):
         assert not any(p.startswith(str(ROOT / name)) for p in places), places
+
+
+def _in_checkout(*flags_and_code: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run([sys.executable, *flags_and_code], cwd=ROOT, capture_output=True, text=True,
+                          env=env, timeout=120)
+
+
+def test_python_started_in_the_checkout_imports_hugging_faces_kernels():
+    # The checkout root first on sys.path (`python -c`/`-m` started there) makes `import kernels`
+    # reach this checkout's kernels/ folder; it hands the name to the installed distribution
+    # (transformers imports it for every model), and stop_fast.kernels stays this folder.
+    code = ("import importlib.metadata as md, kernels, stop_fast.kernels as sk; "
+            "print(kernels.__file__); print(sk.__file__); print(md.version('kernels'))")
+    res = _in_checkout("-c", code)
+    try:
+        md.version("kernels")
+    except md.PackageNotFoundError:
+        pytest.fail("Hugging Face's kernels distribution is not installed here (transformers "
+                    "requires it); test_kernels_name_without_the_distribution covers that case")
+    assert res.returncode == 0, res.stderr
+    hf, ours, _ = res.stdout.split()
+    assert not hf.startswith(str(ROOT / "kernels")), hf
+    assert ours == str(ROOT / "kernels" / "__init__.py")
+    res = _in_checkout("-c", "import transformers.activations")
+    assert res.returncode == 0, res.stderr
+
+
+def test_kernels_name_without_the_distribution():
+    # -S: no site-packages, so no other `kernels`. transformers' availability check imports the
+    # name and counts a module without __version__ and __file__ as a shadow, not an install:
+    # so must this one be; any attribute names the package to import instead.
+    code = ("import importlib, importlib.util as u; assert u.find_spec('kernels') is not None; "
+            "k = importlib.import_module('kernels'); "
+            "print(getattr(k, '__version__', 'N/A'), getattr(k, '__file__', None)); k.merge_tokens")
+    res = _in_checkout("-S", "-c", code)
+    assert res.returncode != 0 and res.stdout.split() == ["N/A", "None"], (res.stdout, res.stderr)
+    assert "is the package stop_fast.kernels: import it as stop_fast.kernels" in res.stderr, res.stderr
 
 
 def test_console_script_entry_point():
