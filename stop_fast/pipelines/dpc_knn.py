@@ -3,9 +3,10 @@
 Matches :func:`stop_fast.reference.dpc_knn` including its deterministic tie rules (equal
 density: the lower index counts as higher; equal centre scores and equal centre distances:
 the lower index wins). Computes in fp32 on the input's device. HoliTom clusters the static
-tokens of every segment at once as one padded batch; the pairwise distances of a batch are
-produced block by block (at most ``DIST_BLOCK_ELEMS`` fp32 values alive), so thousands of
-tokens per set do not need an n×n matrix in memory.
+tokens of every segment at once as one padded batch. When the batch's n×n distances fit in
+``DIST_BLOCK_ELEMS`` fp32 values (HoliTom's sets always do), they all come from one Gram matrix
+per set, so the tokens are read three times in all (mean, centring, Gram); beyond that they are
+produced block by block, so thousands of tokens per set do not need an n×n matrix in memory.
 """
 from __future__ import annotations
 
@@ -81,19 +82,22 @@ def density_scores(x: torch.Tensor, counts: torch.Tensor, k: torch.Tensor, max_k
     return torch.exp(-mean_sq), delta
 
 
-def _density(xc, sq, valid, k, max_k, block, log_domain=False):
+def _density(xc, sq, valid, k, max_k, block, log_domain=False, d2=None):
     """(mean squared distance to the k nearest, δ). Denser = larger exp(−mean_sq) in fp32, as
     the reference's ρ; ``log_domain`` compares −mean_sq itself, the same order without the
-    underflow of exp for far-apart tokens (every ρ 0 in fp32 would make all of them tie)."""
+    underflow of exp for far-apart tokens (every ρ 0 in fp32 would make all of them tie).
+    ``d2``: all the batch's squared distances, already made (:func:`_whole_distances`)."""
     B, n, D = xc.shape
     dev = xc.device
     col = torch.arange(n, device=dev)
     inv_d = 1.0 / D
-    sets, rows = _plan(B, n, block)
+    sets, rows = (B, n) if d2 is not None else _plan(B, n, block)
     blocks = [(b0, min(B, b0 + sets), r0, min(n, r0 + rows))
               for b0 in range(0, B, sets) for r0 in range(0, n, rows)]
 
     def d2_block(b0, b1, r0, r1):
+        if d2 is not None:
+            return d2
         # dist² = |xi − xj|² / D (SPEC §8: cdist / √D), self exactly 0, padding columns +inf.
         g = torch.baddbmm(sq[b0:b1, r0:r1, None] + sq[b0:b1, None, :], xc[b0:b1, r0:r1],
                           xc[b0:b1].transpose(1, 2), alpha=-2.0)
@@ -150,15 +154,15 @@ def dpc_knn_batched(x: torch.Tensor, counts: torch.Tensor, n_centers: torch.Tens
     tree-merged sums and raw LLM-width features are far enough apart that ρ underflows fp32.
     """
     B, n, D = x.shape
-    valid, xc, sq = _centred(x, counts)
-    if by_score:
-        if penalty is not None:
-            raise ValueError("by_score ranks in the log domain and takes no penalty")
-        mean_sq, delta = _density(xc, sq, valid, k, max_k, block, log_domain=True)
-        score = delta.log() - mean_sq
-    else:
-        mean_sq, delta = _density(xc, sq, valid, k, max_k, block)
-        score = torch.exp(-mean_sq) * delta
+    if by_score and penalty is not None:
+        raise ValueError("by_score ranks in the log domain and takes no penalty")
+    sets, rows = _plan(B, n, block)
+    whole = sets >= B and rows >= n
+    # One block (the usual case): every distance from one Gram matrix per set, the rows read
+    # twice (mean, Gram) instead of once per distance pass; else bounded blocks of distances.
+    valid, xc, sq, d2 = _whole_distances(x, counts) if whole else (*_centred(x, counts), None)
+    mean_sq, delta = _density(xc, sq, valid, k, max_k, block, log_domain=by_score, d2=d2)
+    score = delta.log() - mean_sq if by_score else torch.exp(-mean_sq) * delta
     if penalty is not None:
         score = score - penalty.float()
     score = score.masked_fill(~valid, -math.inf)
@@ -168,8 +172,34 @@ def dpc_knn_batched(x: torch.Tensor, counts: torch.Tensor, n_centers: torch.Tens
     centers = torch.where(cvalid, order, n)                            # n = padding
     if not by_score:
         centers = centers.sort(dim=1).values
-    sets, rows = _plan(B, n, block)
-    return centers, _assign(xc, sq, centers, cvalid, 1.0 / D, sets, rows)
+    if whole:
+        return centers, _assign_whole(d2, valid, centers, cvalid)
+    return centers, _assign(xc, sq, centers, cvalid, 1.0 / D, sets, rows).masked_fill_(~valid, 0)
+
+
+def _whole_distances(x: torch.Tensor, counts: torch.Tensor):
+    """(valid, xc, None, d2) for :func:`_density` from one Gram per set: xc centred on each
+    set's mean (padding rows not zeroed: only their masked entries see them), d2 (B, n, n)
+    the squared distances / D (:func:`gram_sq_dist`: symmetric, self 0), padding columns +inf."""
+    B, n, D = x.shape
+    valid = torch.arange(n, device=x.device) < counts[:, None]
+    xf = x.float()
+    mean = torch.bmm(valid.to(xf.dtype)[:, None, :], xf) / counts.clamp(min=1)[:, None, None]
+    xc = xf - mean
+    d2 = gram_sq_dist(torch.bmm(xc, xc.mT), D).masked_fill_(~valid[:, None, :], math.inf)
+    return valid, xc, None, d2
+
+
+def _assign_whole(d2, valid, centers, cvalid):
+    """:func:`_assign` from the batch's distances: each token's nearest centre (ties: lower
+    centre), each centre itself, 0 on padding rows."""
+    B, n, _ = d2.shape
+    c = centers.shape[1]
+    dc = d2.gather(2, centers.clamp(max=n - 1)[:, None, :].expand(B, n, c))
+    assign = torch.zeros(B, n + 1, dtype=torch.int64, device=d2.device)
+    assign[:, :n] = dc.masked_fill_(~cvalid[:, None, :], math.inf).argmin(-1).masked_fill_(~valid, 0)
+    own = torch.arange(c, device=d2.device).expand(B, c)
+    return assign.scatter_(1, centers, own)[:, :n]
 
 
 def _assign(xc, sq, centers, cvalid, inv_d, sets, rows):
