@@ -47,8 +47,9 @@ def apply_stop(model, method: str = "holitom", retention_ratio: float = 0.1,
             method's default.
         global_head: FastVid on LLaVA only: a module mapping the feature layer's hidden states
             (frames, tokens, C) to one vector per frame, e.g.
-            ``torch.nn.Sequential(siglip.vision_model.post_layernorm, siglip.vision_model.head)``
-            of a ``SiglipVisionModel`` loaded from the SigLIP so400m checkpoint (SPEC §9).
+            ``torch.nn.Sequential(siglip.post_layernorm, siglip.head)`` of a
+            ``SiglipVisionModel`` loaded from the SigLIP so400m checkpoint (SPEC §9; before
+            transformers 5 they sit under ``siglip.vision_model``).
             Without it FastVid segments on each frame's mean token, with a one-time warning.
         **options: the method's options (``mu_s``, ``tau``, …, and ``exact_budget``; see
             :func:`stop_fast.prune`).
