@@ -159,7 +159,7 @@ def dpc_knn_batched(x: torch.Tensor, counts: torch.Tensor, n_centers: torch.Tens
     sets, rows = _plan(B, n, block)
     whole = sets >= B and rows >= n
     # One block (the usual case): every distance from one Gram matrix per set, the rows read
-    # twice (mean, Gram) instead of once per distance pass; else bounded blocks of distances.
+    # three times (mean, centring, Gram) instead of once per pass; else bounded blocks.
     valid, xc, sq, d2 = _whole_distances(x, counts) if whole else (*_centred(x, counts), None)
     mean_sq, delta = _density(xc, sq, valid, k, max_k, block, log_domain=by_score, d2=d2)
     score = delta.log() - mean_sq if by_score else torch.exp(-mean_sq) * delta
@@ -192,7 +192,8 @@ def _whole_distances(x: torch.Tensor, counts: torch.Tensor):
 
 def _assign_whole(d2, valid, centers, cvalid):
     """:func:`_assign` from the batch's distances: each token's nearest centre (ties: lower
-    centre), each centre itself, 0 on padding rows."""
+    centre), each centre itself, 0 on padding rows. (:func:`gram_assign` would make the same
+    distances again from the Gram; these are already there.)"""
     B, n, _ = d2.shape
     c = centers.shape[1]
     dc = d2.gather(2, centers.clamp(max=n - 1)[:, None, :].expand(B, n, c))
