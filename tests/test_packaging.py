@@ -6,9 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(cwd, *args: str) -> subprocess.CompletedProcess:
+    """This Python in ``cwd``, whatever PYTHONPATH the caller set (the layout alone decides)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, env=env,
+                          timeout=120)
 
 
 def test_no_top_level_kernels_module(tmp_path):
@@ -17,39 +22,28 @@ def test_no_top_level_kernels_module(tmp_path):
     code = ("import importlib.util as u, json; import stop_fast.kernels, stop_fast.bench; "
             "print(json.dumps([[s.origin or '', *(s.submodule_search_locations or [])] if s else [] "
             "for s in map(u.find_spec, ['kernels', 'bench'])]))")
-    # The installed layout only, whatever PYTHONPATH the caller set.
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                         env=env)
+    res = _run(tmp_path, "-c", code)
     assert res.returncode == 0, res.stderr
     for name, places in zip(["kernels", "bench"], json.loads(res.stdout)):
         assert not any(p.startswith(str(ROOT / name)) for p in places), places
 
 
-def _in_checkout(*flags_and_code: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    return subprocess.run([sys.executable, *flags_and_code], cwd=ROOT, capture_output=True, text=True,
-                          env=env, timeout=120)
-
-
-def test_python_started_in_the_checkout_imports_hugging_faces_kernels():
+def test_python_started_in_the_checkout_imports_transformers_models():
     # The checkout root first on sys.path (`python -c`/`-m` started there) makes `import kernels`
-    # reach this checkout's kernels/ folder; it hands the name to the installed distribution
-    # (transformers imports it for every model), and stop_fast.kernels stays this folder.
-    code = ("import importlib.metadata as md, kernels, stop_fast.kernels as sk; "
-            "print(kernels.__file__); print(sk.__file__); print(md.version('kernels'))")
-    res = _in_checkout("-c", code)
+    # reach this checkout's kernels/ folder; it hands the name to Hugging Face's distribution
+    # where installed (transformers imports it for every model), and stop_fast.kernels stays
+    # this folder. Without the distribution: test_kernels_name_without_the_distribution.
+    code = ("import transformers.activations, kernels, stop_fast.kernels as sk; "
+            "print(getattr(kernels, '__file__', None)); print(sk.__file__)")
+    res = _run(ROOT, "-c", code)
+    assert res.returncode == 0, res.stderr
+    theirs, ours = res.stdout.split()
+    assert ours == str(ROOT / "kernels" / "__init__.py")
     try:
         md.version("kernels")
+        assert not theirs.startswith(str(ROOT / "kernels")), theirs
     except md.PackageNotFoundError:
-        pytest.fail("Hugging Face's kernels distribution is not installed here (transformers "
-                    "requires it); test_kernels_name_without_the_distribution covers that case")
-    assert res.returncode == 0, res.stderr
-    hf, ours, _ = res.stdout.split()
-    assert not hf.startswith(str(ROOT / "kernels")), hf
-    assert ours == str(ROOT / "kernels" / "__init__.py")
-    res = _in_checkout("-c", "import transformers.activations")
-    assert res.returncode == 0, res.stderr
+        assert theirs == "None", theirs
 
 
 def test_kernels_name_without_the_distribution():
@@ -59,7 +53,7 @@ def test_kernels_name_without_the_distribution():
     code = ("import importlib, importlib.util as u; assert u.find_spec('kernels') is not None; "
             "k = importlib.import_module('kernels'); "
             "print(getattr(k, '__version__', 'N/A'), getattr(k, '__file__', None)); k.merge_tokens")
-    res = _in_checkout("-S", "-c", code)
+    res = _run(ROOT, "-S", "-c", code)
     assert res.returncode != 0 and res.stdout.split() == ["N/A", "None"], (res.stdout, res.stderr)
     assert "is the package stop_fast.kernels: import it as stop_fast.kernels" in res.stderr, res.stderr
 
